@@ -1,0 +1,120 @@
+"""Advantages and losses: GRPO, REINFORCE, PPO/GAE, clipped policy loss, KL, entropy.
+
+Tensors are [B, T] over the whole sequence (prompt + response); `mask` is 1 on tokens the policy
+sampled and 0 on prompt, environment (information, feedback) and padding tokens. `logp[b, t]` is
+log pi(token t | tokens < t). Token-mean is over the unmasked tokens of the *whole batch*: callers
+pass `n_tokens` so that micro-batches with gradient accumulation give the same loss as one batch.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+
+def grpo_advantages(rewards: torch.Tensor, group_ids: list, eps: float = 1e-6) -> torch.Tensor:
+    """(r - mean) / (std + eps) within each group of samples of one prompt (unbiased std, as torch.std).
+
+    A group whose rewards are all equal gets advantage 0 (never NaN); a group of one gets 0.
+    """
+    rewards = rewards.float()
+    adv = torch.zeros_like(rewards)
+    groups: dict = defaultdict(list)
+    for i, g in enumerate(group_ids):
+        groups[g].append(i)
+    for idx in groups.values():
+        r = rewards[idx]
+        if len(idx) < 2:
+            continue
+        adv[idx] = (r - r.mean()) / (r.std() + eps)
+    return adv
+
+
+def reinforce_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """REINFORCE as in ZeroSearch: the raw reward, no baseline."""
+    return rewards.float().clone()
+
+
+def gae(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+        gamma: float = 1.0, lam: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE over the policy's own tokens; environment tokens (mask 0) are skipped, not steps.
+
+    Returns (advantages, returns), both zero where mask is 0.
+    """
+    adv = torch.zeros_like(values)
+    for b in range(values.shape[0]):
+        idx = mask[b].nonzero(as_tuple=True)[0]
+        last = 0.0
+        for j in range(len(idx) - 1, -1, -1):
+            t = idx[j]
+            next_v = values[b, idx[j + 1]] if j + 1 < len(idx) else 0.0
+            delta = token_rewards[b, t] + gamma * next_v - values[b, t]
+            last = delta + gamma * lam * last
+            adv[b, t] = last
+    returns = (adv + values) * mask
+    return adv * mask, returns
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    """Per-token KL(pi || ref) estimate. k1 = logp - ref; k3 ("low_var_kl") = e^(ref-logp) - (ref-logp) - 1."""
+    if kind == "k1":
+        return logp - ref_logp
+    if kind == "k3":
+        d = (ref_logp - logp).clamp(-20, 20)
+        return (torch.exp(d) - d - 1).clamp(-10, 10)
+    raise ValueError(f"algorithm.kl_estimator must be 'k1' or 'k3', got {kind!r}")
+
+
+def masked_sum_mean(x: torch.Tensor, mask: torch.Tensor, n_tokens: float) -> torch.Tensor:
+    """Sum over unmasked tokens divided by the batch-wide count `n_tokens` (token-mean)."""
+    return (x * mask).sum() / max(float(n_tokens), 1.0)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def policy_loss(logp, old_logp, advantages, mask, n_tokens, clip: float = 0.2):
+    """PPO clipped surrogate, token-mean. Returns (loss, clip_fraction)."""
+    ratio = torch.exp((logp - old_logp).clamp(-20, 20))
+    adv = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(logp)
+    surr1 = ratio * adv
+    surr2 = ratio.clamp(1 - clip, 1 + clip) * adv
+    loss = masked_sum_mean(-torch.minimum(surr1, surr2), mask, n_tokens)
+    clipped = ((surr2 < surr1).float() * mask).sum() / mask.sum().clamp(min=1)
+    return loss, clipped.detach()
+
+
+def value_loss(values, old_values, returns, mask, n_tokens, clip: float = 0.5):
+    v_clip = old_values + (values - old_values).clamp(-clip, clip)
+    loss = torch.maximum((values - returns) ** 2, (v_clip - returns) ** 2)
+    return 0.5 * masked_sum_mean(loss, mask, n_tokens)
+
+
+def actor_loss(logp, old_logp, ref_logp, advantages, mask, n_tokens, entropy=None, *, clip=0.2,
+               kl_coef=0.001, kl_estimator="k3", entropy_coef=0.001):
+    """pg_loss - entropy_coef * entropy + kl_coef * KL  (the KL is *added*; the reference subtracted it)."""
+    pg, clipfrac = policy_loss(logp, old_logp, advantages, mask, n_tokens, clip)
+    loss = pg
+    stats = {"pg_loss": pg.detach(), "clip_frac": clipfrac}
+    if ref_logp is not None and kl_coef:
+        kl = masked_sum_mean(kl_penalty(logp, ref_logp, kl_estimator), mask, n_tokens)
+        loss = loss + kl_coef * kl
+        stats["kl"] = kl.detach()
+    if entropy is not None:
+        ent = masked_sum_mean(entropy, mask, n_tokens)
+        loss = loss - entropy_coef * ent
+        stats["entropy"] = ent.detach()
+    return loss, stats
+
+
+def ppo_token_rewards(scores: torch.Tensor, logp, ref_logp, mask, beta: float = 0.001,
+                      kind: str = "k1") -> torch.Tensor:
+    """PPO's KL-in-reward: -beta * KL on every policy token, the score on the last policy token."""
+    r = -beta * kl_penalty(logp, ref_logp, kind) * mask
+    for b in range(mask.shape[0]):
+        idx = mask[b].nonzero(as_tuple=True)[0]
+        if len(idx):
+            r[b, idx[-1]] += scores[b]
+    return r
