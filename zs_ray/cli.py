@@ -1,0 +1,46 @@
+"""`zs-ray COMMAND [CONFIG.yaml] [key=value ...]` — dispatches to the entry points in jobs/."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    # name: (jobs module, help)
+    "quickstart": ("jobs.quickstart", "CPU quickstart: world, tiny models, simulator SFT, GRPO, evaluation"),
+    "world": ("jobs.world", "build the synthetic world (`zs-ray world build [--out DIR] [--seed N]`)"),
+    "train": ("jobs.train", "train a policy: zs-ray train CONFIG.yaml [key=value ...]"),
+    "simulator": ("jobs.train_simulator", "simulator jobs: zs-ray simulator train CONFIG.yaml [key=value ...]"),
+    "eval": ("jobs.evaluate", "evaluate a policy: zs-ray eval CONFIG.yaml [key=value ...]"),
+    "serve": ("jobs.serve", "serve the trained agent: zs-ray serve CONFIG.yaml [key=value ...]"),
+    "bench": ("jobs.bench", "benchmarks: zs-ray bench [--quick]"),
+    "experiment": ("jobs.experiment", "the paper's table in miniature: zs-ray experiment table"),
+    "download": ("zs_ray.hub", "download public models/datasets from the Hugging Face hub"),
+    "config": ("jobs.show_config", "print the resolved config: zs-ray config CONFIG.yaml [key=value ...]"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="zs-ray", description="Ray-native ZeroSearch: train LLM search agents with simulated search.",
+        epilog="Run `zs-ray COMMAND --help` for a command's options.")
+    parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND",
+                        help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items()))
+    parser.add_argument("args", nargs=argparse.REMAINDER)
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    ns = parser.parse_args(argv[:1])
+    module = importlib.import_module(COMMANDS[ns.command][0])
+    from .config import ConfigError
+
+    try:
+        return int(module.main(argv[1:]) or 0)
+    except ConfigError as e:
+        print(f"zs-ray {ns.command}: config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

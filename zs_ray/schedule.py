@@ -1,0 +1,44 @@
+"""Which prompts each step trains on, and the staleness rule. Pure functions, no state.
+
+Prompt order: step j takes positions [j*P, (j+1)*P) of an endless sequence of epochs; epoch e is
+a permutation of all rows seeded by (seed, e). Because the batch of a step is a function of the
+step alone, a resumed run consumes exactly the prompts an uninterrupted run would: none twice,
+none skipped, whatever was in flight when the driver died.
+
+Staleness (AReaL-style bounded off-policyness): the policy at training step s has version s
+(s updates applied). A sample generated with version v may be trained at step s only if
+
+    s - v <= staleness          (staleness 0 = fully synchronous on-policy)
+
+and so rollouts for a future step g may start while the policy has version v only if g - v <= staleness.
+"""
+from __future__ import annotations
+
+import random
+
+
+def epoch_order(n_rows: int, epoch: int, seed: int, shuffle: bool = True) -> list[int]:
+    order = list(range(n_rows))
+    if shuffle:
+        random.Random(f"{seed}/epoch/{epoch}").shuffle(order)
+    return order
+
+
+def prompts_for_step(n_rows: int, step: int, per_step: int, seed: int, shuffle: bool = True) -> list[int]:
+    if n_rows <= 0:
+        raise ValueError("no training rows")
+    out, cache = [], {}
+    for pos in range(step * per_step, (step + 1) * per_step):
+        epoch, i = divmod(pos, n_rows)
+        if epoch not in cache:
+            cache[epoch] = epoch_order(n_rows, epoch, seed, shuffle)
+        out.append(cache[epoch][i])
+    return out
+
+
+def may_train(sample_version: int, step: int, staleness: int) -> bool:
+    return 0 <= step - sample_version <= staleness
+
+
+def may_launch(gen_step: int, policy_version: int, staleness: int) -> bool:
+    return gen_step - policy_version <= staleness

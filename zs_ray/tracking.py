@@ -1,0 +1,101 @@
+"""MLflow tracking that never stops training.
+
+Params are the flattened, redacted config; metrics per step; artifacts (config, samples, tables,
+checkpoints). The default store is a local sqlite file; any tracking URI works. Under
+`ray job submit` a run named by MLFLOW_RUN_ID is attached to. A tracking failure (disk full, server
+unreachable) is logged once, counted, and training goes on; `summary()` says so at the end.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional
+
+from .config import flatten, redacted
+
+log = logging.getLogger("zs_ray.tracking")
+
+
+def default_uri(output_dir: str) -> str:
+    root = os.path.abspath(os.path.join(output_dir, os.pardir))
+    return f"sqlite:///{os.path.join(root, 'mlflow.db')}"
+
+
+class Tracker:
+    def __init__(self, cfg, enabled: bool = True):
+        self.failures = 0
+        self._warned = False
+        self.run_id: Optional[str] = None
+        self.enabled = enabled and bool(cfg.tracking.enabled)
+        self.uri = cfg.tracking.uri or default_uri(cfg.trainer.output_dir)
+        if not self.enabled:
+            return
+        self._call(self._start, cfg)
+
+    def _start(self, cfg):
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        exp_name = cfg.tracking.experiment
+        if mlflow.get_experiment_by_name(exp_name) is None and self.uri.startswith("sqlite:"):
+            # keep artifacts next to the sqlite store, not in ./mlruns of whatever cwd we run from
+            art = os.path.join(os.path.dirname(self.uri[len("sqlite:///"):]), "mlartifacts")
+            mlflow.create_experiment(exp_name, artifact_location=f"file://{art}")
+        mlflow.set_experiment(exp_name)
+        run_id = os.environ.get("MLFLOW_RUN_ID")
+        run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=cfg.tracking.run_name)
+        self.run_id = run.info.run_id
+        params = {k: ("" if v is None else str(v))[:500] for k, v in flatten(redacted(cfg)).items()}
+        items = list(params.items())
+        for i in range(0, len(items), 90):  # MLflow caps params per batch call
+            mlflow.log_params(dict(items[i:i + 90]))
+        mlflow.log_dict(redacted(cfg), "config.yaml")
+
+    def _call(self, fn, *args, **kwargs) -> Any:
+        if not self.enabled:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # tracking must never stop training
+            self.failures += 1
+            if not self._warned:
+                log.warning("MLflow tracking failed (%s: %s); training goes on, further errors are counted",
+                            type(e).__name__, e)
+                self._warned = True
+            return None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import math
+
+        import mlflow
+
+        clean = {k: float(v) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and math.isfinite(float(v))}
+        self._call(mlflow.log_metrics, clean, step=step)
+
+    def log_artifact(self, path: str, artifact_path: Optional[str] = None) -> None:
+        import mlflow
+
+        self._call(mlflow.log_artifact, path, artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        import mlflow
+
+        self._call(mlflow.log_text, text, artifact_file)
+
+    def set_tags(self, tags: dict) -> None:
+        import mlflow
+
+        self._call(mlflow.set_tags, tags)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        import mlflow
+
+        self._call(mlflow.end_run, status=status)
+
+    def summary(self) -> str:
+        if not self.enabled:
+            return "tracking disabled"
+        if self.failures:
+            return f"MLflow: {self.failures} tracking call(s) FAILED (see the first warning); run {self.run_id} is incomplete"
+        return f"MLflow: run {self.run_id} at {self.uri} (open with: mlflow ui --backend-store-uri {self.uri} --host 127.0.0.1)"

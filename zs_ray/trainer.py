@@ -1,0 +1,292 @@
+"""The driver. One step reads top to bottom (`train_step`): take a batch of groups, rewards and
+advantages, reference log-probs, update, sync, log, checkpoint. Rollouts for later steps run on the
+rollout workers while the policy trains, bounded by the staleness rule in zs_ray/schedule.py.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import time
+from typing import Optional
+
+import torch
+
+from . import checkpoint as ckpt
+from .algorithms import gae, grpo_advantages, ppo_token_rewards, reinforce_advantages
+from .batch import collate
+from .config import save_config
+from .curriculum import noise_probability
+from .data import load_dataset_files
+from .schedule import may_launch, may_train, prompts_for_step
+from .tracking import Tracker
+
+log = logging.getLogger("zs_ray.trainer")
+
+
+class SyncError(RuntimeError):
+    pass
+
+
+class Trainer:
+    def __init__(self, cfg, progress=print):
+        import ray
+
+        from actors.policy_worker import WorkerGroup
+        from actors.rollout_worker import RolloutWorker
+
+        from .runtime import init_ray
+
+        self.cfg, self.progress = cfg, progress
+        self.out = os.path.abspath(cfg.trainer.output_dir)
+        os.makedirs(self.out, exist_ok=True)
+        save_config(cfg, os.path.join(self.out, "config.yaml"))
+        self.rows = load_dataset_files(list(cfg.data.train_files), split="train")  # validated before any actor starts
+        init_ray(num_cpus=cfg.resources.num_cpus)
+        self.tracker = Tracker(cfg)
+        self.ckpt_root = os.path.join(self.out, "checkpoints")
+        self.curriculum_steps = cfg.curriculum.total_steps or cfg.trainer.steps
+        r, a, m = cfg.resources, cfg.algorithm, cfg.model
+        algo, model = _plain(a), _plain(m)
+        res = lambda kind: {"num_cpus": r[f"cpus_per_{kind}"], "num_gpus": r[f"gpus_per_{kind}"]}  # noqa: E731
+        self.search_cfg = self._start_search()
+        self.policy = WorkerGroup(r.policy_workers, m.policy_path, algo, model, "actor", res("policy_worker"),
+                                  r.device, cfg.trainer.seed)
+        self.ref = (WorkerGroup(r.policy_workers, m.reference_path or m.policy_path, algo, model, "ref",
+                                res("policy_worker"), r.device, cfg.trainer.seed) if a.kl_coef > 0 else None)
+        self.critic = (WorkerGroup(r.policy_workers, m.critic_path or m.policy_path, algo, model, "critic",
+                                   res("policy_worker"), r.device, cfg.trainer.seed) if a.name == "ppo" else None)
+        self.rollout = [
+            RolloutWorker.options(**res("rollout_worker")).remote(
+                m.policy_path, _plain(cfg.rollout), self.search_cfg, i, cfg.trainer.seed, r.device)
+            for i in range(r.rollout_workers)]
+        ray.get([w.ready.remote() for w in self.rollout], timeout=cfg.trainer.rollout_timeout_s)
+        self.tokenizer = _tokenizer(m.policy_path)
+        self.step, self.version, self.consumed = 0, 0, []
+        self._resume()
+
+    # ---------------------------------------------------------------- set-up helpers
+    def _start_search(self) -> dict:
+        """Deploy the Serve simulator when the backend needs one and no external URL is given."""
+        s = _plain(self.cfg.search)
+        s["curriculum"] = {**_plain(self.cfg.curriculum), "total_steps": self.curriculum_steps}
+        s["seed"] = self.cfg.trainer.seed
+        if s["backend"] in ("simulate_prompt", "simulate_sft", "hybrid") and not s["urls"]:
+            from actors.simulator import deploy_simulator
+
+            r = self.cfg.resources
+            deploy_simulator(s, s["simulator_model"], name="simulator", replicas=r.simulator_replicas,
+                             max_replicas=r.simulator_max_replicas, num_cpus=r.cpus_per_simulator,
+                             num_gpus=r.gpus_per_simulator)
+            s["serve_app"] = "simulator"
+        return s
+
+    def _resume(self) -> None:
+        mode = self.cfg.trainer.resume
+        path = ckpt.latest(self.ckpt_root) if mode == "auto" else (None if mode == "never" else mode)
+        if not path:
+            return
+        state = ckpt.load_driver_state(path)
+        self.policy.load_checkpoint(os.path.join(path, "policy"))
+        if self.critic:
+            self.critic.load_checkpoint(os.path.join(path, "critic"))
+        self.step, self.version, self.consumed = state["step"], state["version"], state["consumed"]
+        self.progress(f"resumed from {path}: next step {self.step}, policy version {self.version}")
+        self.sync_weights()
+
+    # ---------------------------------------------------------------- rollout and sync
+    def _launch(self, gen_step: int):
+        """Start the rollouts of one future step; all samples of a prompt go to one worker."""
+        idx = prompts_for_step(len(self.rows), gen_step, self.cfg.trainer.prompts_per_step,
+                               self.cfg.trainer.seed, self.cfg.data.shuffle)
+        rows = [self.rows[i] for i in idx]
+        parts = [rows[w::len(self.rollout)] for w in range(len(self.rollout))]
+        refs = [w.rollout.remote(p, self.cfg.rollout.n_samples, gen_step, False, self.cfg.algorithm.reward)
+                for w, p in zip(self.rollout, parts) if p]
+        return gen_step, refs, time.perf_counter()
+
+    def sync_weights(self) -> float:
+        """Full weights to every rollout worker via the object store; a timeout is an error, not a hang."""
+        import ray
+
+        t = time.perf_counter()
+        ref = self.policy.state_dict_ref()
+        try:
+            ray.get([w.update_weights.remote(ref, self.version) for w in self.rollout],
+                    timeout=self.cfg.trainer.sync_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise SyncError(f"weight sync to {len(self.rollout)} rollout worker(s) did not finish in "
+                            f"{self.cfg.trainer.sync_timeout_s:g} s (trainer.sync_timeout_s)") from None
+        return time.perf_counter() - t
+
+    # ---------------------------------------------------------------- the loop
+    def train(self) -> dict:
+        import ray
+
+        cfg, last = self.cfg, {}
+        inflight = collections.deque()
+        next_gen, t0, start_step = self.step, time.perf_counter(), self.step
+        try:
+            while self.step < cfg.trainer.steps:
+                while next_gen < cfg.trainer.steps and may_launch(next_gen, self.version, cfg.trainer.staleness):
+                    inflight.append(self._launch(next_gen))
+                    next_gen += 1
+                gen_step, refs, t_launch = inflight.popleft()
+                assert gen_step == self.step
+                trajs = [t for part in ray.get(refs, timeout=cfg.trainer.rollout_timeout_s) for t in part]
+                t_gen = time.perf_counter() - t_launch
+                last = self.train_step(trajs, t_gen)
+                done = self.step - start_step
+                eta = (time.perf_counter() - t0) / done * (cfg.trainer.steps - self.step)
+                self.progress(f"[train] step {self.step}/{cfg.trainer.steps}  reward {last['reward/mean']:.3f}  "
+                              f"em {last['reward/em']:.3f}  searches {last['rollout/searches']:.2f}  "
+                              f"p_noise {last['curriculum/noise_p']:.3f}  {last['time/step']:.1f}s/step  "
+                              f"eta {eta:.0f}s")
+        except BaseException:
+            self.tracker.finish("FAILED")
+            raise
+        self.export_policy(os.path.join(self.out, "policy_hf"))
+        self.tracker.finish()
+        last["tracking_failures"] = self.tracker.failures
+        return last
+
+    def train_step(self, trajs: list[dict], t_gen: float) -> dict:
+        cfg, a, step = self.cfg, self.cfg.algorithm, self.step
+        t0 = time.perf_counter()
+        # 1. keep only samples within the staleness bound (never train on older ones)
+        fresh = [t for t in trajs if may_train(t["policy_version"], step, cfg.trainer.staleness)]
+        stale_hist = collections.Counter(step - t["policy_version"] for t in trajs)
+        # 2. rewards -> advantages (GRPO groups by the unique prompt id)
+        scores = torch.tensor([t["reward"] for t in fresh], dtype=torch.float32)
+        batch = collate(fresh, self.tokenizer.pad_token_id)
+        if a.name == "grpo":
+            batch["advantages"] = grpo_advantages(scores, [t["prompt_id"] for t in fresh], a.adv_eps)
+        elif a.name == "reinforce":
+            batch["advantages"] = reinforce_advantages(scores)
+        t_reward = time.perf_counter() - t0
+        # 3. log-probs of the current (proximal) policy and of the frozen reference
+        t1 = time.perf_counter()
+        batch["old_logprobs"] = self.policy.compute_logprobs(batch)
+        if self.ref is not None:
+            batch["ref_logprobs"] = self.ref.compute_logprobs(batch)
+        if a.name == "ppo":  # KL in the reward, GAE with gamma = lambda = 1 over the policy's tokens
+            values = self.critic.compute_values(batch)
+            ref_lp = batch.get("ref_logprobs", batch["old_logprobs"])
+            tok_r = ppo_token_rewards(scores, batch["old_logprobs"], ref_lp, batch["loss_mask"], a.kl_in_reward_beta)
+            batch["advantages"], batch["returns"] = gae(tok_r, values, batch["loss_mask"], a.gamma, a.lam)
+            batch["old_values"] = values
+        # 4. update the policy (and critic)
+        stats = self.policy.update(batch)
+        if self.critic is not None:
+            stats.update({f"critic/{k}": v for k, v in self.critic.update_critic(batch).items()})
+        t_update = time.perf_counter() - t1
+        self.version += 1
+        # 5. sync the new weights to the rollout workers
+        t_sync = self.sync_weights()
+        self.step += 1
+        self.consumed.extend(sorted({t["prompt_id"] for t in trajs}))
+        # 6. log and checkpoint
+        metrics = self._metrics(fresh, batch, stats, stale_hist, t_gen, t_reward, t_update, t_sync)
+        metrics["time/step"] = t_gen + (time.perf_counter() - t0)
+        self.tracker.log_metrics(metrics, step=self.step)
+        if cfg.trainer.sample_every and (self.step % cfg.trainer.sample_every == 0 or self.step == 1):
+            self.tracker.log_text(self._samples_text(fresh[:4]), f"samples/step_{self.step:06d}.txt")
+        if cfg.trainer.checkpoint_every and (self.step % cfg.trainer.checkpoint_every == 0
+                                             or self.step == cfg.trainer.steps):
+            self.save_checkpoint()
+        return metrics
+
+    # ---------------------------------------------------------------- bookkeeping
+    def _metrics(self, trajs, batch, stats, stale_hist, t_gen, t_reward, t_update, t_sync) -> dict:
+        n = max(len(trajs), 1)
+        mask = batch["loss_mask"]
+        calls = [c for t in trajs for c in t.get("search_calls", [])]
+        gap = ((batch["rollout_logprobs"] - batch["old_logprobs"]).abs() * mask).sum() / mask.sum().clamp(min=1)
+        gen_tokens = float(mask.sum())
+        m = {
+            "reward/mean": sum(t["reward"] for t in trajs) / n,
+            **{f"reward/{k}": sum(t["metrics"][k] for t in trajs) / n for k in ("em", "cover_em", "f1")},
+            "rollout/searches": sum(t["searches"] for t in trajs) / n,
+            "rollout/invalid_rate": sum(t["invalid_actions"] > 0 for t in trajs) / n,
+            "rollout/response_tokens": gen_tokens / n,
+            "rollout/answered": sum(t["answer"] is not None for t in trajs) / n,
+            "rollout/logprob_gap": float(gap),
+            "rollout/trajectories": len(trajs),
+            "curriculum/noise_p": noise_probability(self.step - 1, self.curriculum_steps, self.cfg.curriculum.start,
+                                                    self.cfg.curriculum.end, self.cfg.curriculum.base)
+            if self.cfg.curriculum.enabled else 0.0,
+            "search/noisy_fraction": sum(bool(c.get("noisy")) for c in calls) / max(len(calls), 1),
+            "search/failed_fraction": sum(bool(c.get("failed")) for c in calls) / max(len(calls), 1),
+            "search/fallback_fraction": sum(bool(c.get("fallback")) for c in calls) / max(len(calls), 1),
+            "time/generation": t_gen, "time/search": sum(t.get("search_s", 0.0) for t in trajs) / n,
+            "time/reward": t_reward, "time/update": t_update, "time/sync": t_sync,
+            "throughput/gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
+            "policy/version": self.version,
+        }
+        for k, v in stale_hist.items():
+            m[f"staleness/{k}"] = v
+        m.update({f"actor/{k}": float(v) for k, v in stats.items()})
+        return m
+
+    def _samples_text(self, trajs) -> str:
+        out = []
+        for t in trajs:
+            text = self.tokenizer.decode(t["response_ids"], skip_special_tokens=False)
+            out.append(f"=== {t['prompt_id']} #{t['sample_index']} v{t['policy_version']} reward={t['reward']:.3f} "
+                       f"gold={t['golden_answers']}\nQ: {t['question']}\n{text}\n")
+        return "\n".join(out)
+
+    def save_checkpoint(self) -> str:
+        def parts(d):
+            self.policy.save_checkpoint(os.path.join(d, "policy"))
+            if self.critic:
+                self.critic.save_checkpoint(os.path.join(d, "critic"))
+
+        state = {"step": self.step, "version": self.version, "consumed": self.consumed,
+                 "noise_p": noise_probability(self.step, self.curriculum_steps, self.cfg.curriculum.start,
+                                              self.cfg.curriculum.end, self.cfg.curriculum.base)}
+        path = ckpt.save(self.ckpt_root, self.step, state, parts, self.cfg.trainer.keep_checkpoints)
+        self.progress(f"[ckpt] {path}")
+        return path
+
+    def export_policy(self, out_dir: str) -> str:
+        self.policy.export_hf(out_dir, self.cfg.model.policy_path)
+        return out_dir
+
+    def shutdown(self) -> None:
+        import ray
+
+        for w in self.rollout:
+            ray.kill(w)
+        for g in (self.policy, self.ref, self.critic):
+            if g is not None:
+                g.shutdown()
+
+
+def _plain(node) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def _tokenizer(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def run(cfg, progress=print) -> dict:
+    """Train with `cfg`; returns the last step's metrics."""
+    from .preflight import check_hardware
+
+    check_hardware(cfg)
+    trainer = Trainer(cfg, progress)
+    try:
+        result = trainer.train()
+        progress(trainer.tracker.summary())
+        with open(os.path.join(trainer.out, "final_metrics.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        return result
+    finally:
+        trainer.shutdown()
