@@ -23,10 +23,10 @@ def grpo_advantages(rewards: torch.Tensor, group_ids: list, eps: float = 1e-6) -
     for i, g in enumerate(group_ids):
         groups[g].append(i)
     for idx in groups.values():
-        r = rewards[idx]
-        if len(idx) < 2:
+        r = rewards[idx].double()  # float64: float32 rounding of the mean is not zero-noise
+        if len(idx) < 2 or bool((r == r[0]).all()):  # all equal: exactly 0, not rounding noise / eps
             continue
-        adv[idx] = (r - r.mean()) / (r.std() + eps)
+        adv[idx] = ((r - r.mean()) / (r.std() + eps)).to(adv.dtype)
     return adv
 
 

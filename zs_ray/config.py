@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -226,6 +227,9 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
             file_cfg = OmegaConf.load(path)
         except Exception as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(file_cfg, DictConfig):
+            raise ConfigError(f"{path}: the top level must be a mapping of config sections, "
+                              f"got {type(file_cfg).__name__}")
         try:
             cfg = OmegaConf.merge(cfg, file_cfg)
         except OmegaConfBaseException as e:
@@ -295,6 +299,8 @@ def to_dict(cfg: DictConfig) -> dict:
 
 
 SECRET_KEYS = ("api_key", "token", "password", "secret")
+# A whole `_`-separated part of the key must be a secret word: `hf_token` is secret, `max_tokens` is not.
+_SECRET_RE = re.compile(r"(^|_)(" + "|".join(SECRET_KEYS) + r")(_|$)")
 
 
 def redacted(cfg: DictConfig | dict) -> dict:
@@ -303,7 +309,7 @@ def redacted(cfg: DictConfig | dict) -> dict:
 
     def walk(x):
         if isinstance(x, dict):
-            return {k: ("***" if any(s in k.lower() for s in SECRET_KEYS) and v else walk(v)) for k, v in x.items()}
+            return {k: ("***" if _SECRET_RE.search(str(k).lower()) and v else walk(v)) for k, v in x.items()}
         if isinstance(x, list):
             return [walk(v) for v in x]
         return x

@@ -18,6 +18,11 @@ DEMO_DOCS = (
     "Doc 1: Paris is the capital and largest city of France.\n"
     "Doc 2: France is a country in Western Europe; its capital is Paris."
 )
+# The noisy prompt's demo shows *noisy* documents: related to the query but not answering it.
+DEMO_NOISY_DOCS = (
+    "Doc 1: France is known for its cuisine, wine regions and the Tour de France cycling race.\n"
+    "Doc 2: Many European countries moved their capitals over the centuries for political reasons."
+)
 
 _PROMPT_USEFUL = (
     "You are a search engine. Given a query, write {k} useful documents for it, one per line, "
@@ -38,9 +43,11 @@ USEFUL_CUE, NOISY_CUE = "Useful Output:", "Noisy Output:"
 
 
 def simulator_prompt(mode: str, query: str, question: str, answer: str, noisy: bool, k: int = 5,
-                     demo_query: str = DEMO_QUERY, demo_docs: str = DEMO_DOCS) -> str:
-    """The single user-turn text sent to the simulator."""
+                     demo_query: str = DEMO_QUERY, demo_docs: str | None = None) -> str:
+    """The single user-turn text sent to the simulator (demo_docs None: the demo of the chosen kind)."""
     if mode == "simulate_prompt":
+        if demo_docs is None:
+            demo_docs = DEMO_NOISY_DOCS if noisy else DEMO_DOCS
         if noisy:  # the noisy prompt never sees the question or answer
             return _PROMPT_NOISY.format(k=k, query=query, demo_query=demo_query, demo_docs=demo_docs)
         return _PROMPT_USEFUL.format(k=k, query=query, question=question, answer=answer,

@@ -1,0 +1,63 @@
+"""curriculum.py: p_i = p_s + (b^(i/m) - 1)/(b - 1) * (p_e - p_s) and the per-call coin (DESIGN.md §2)."""
+import pytest
+
+from zs_ray.curriculum import is_noisy, noise_probability, uniform_from_key
+
+
+@pytest.mark.parametrize("step,p", [(0, 0.0), (50, 0.068), (100, 0.163), (150, 0.298), (203, 0.5)])
+def test_reference_values(step, p):
+    assert round(noise_probability(step, 203, 0.0, 0.5, 4.0), 3) == p
+
+
+def test_defaults_are_the_reference_recipe():
+    assert noise_probability(100, 203) == noise_probability(100, 203, 0.0, 0.5, 4.0)
+
+
+def test_formula_exact():
+    i, m, ps, pe, b = 77, 203, 0.1, 0.9, 4.0
+    assert noise_probability(i, m, ps, pe, b) == pytest.approx(ps + (b ** (i / m) - 1) / (b - 1) * (pe - ps))
+
+
+def test_beyond_total_steps_is_end():
+    assert noise_probability(203, 203) == 0.5
+    assert noise_probability(500, 203) == 0.5
+    assert noise_probability(10, 0) == 0.5  # degenerate m
+
+
+def test_start_025():
+    assert noise_probability(0, 203, 0.25, 0.5) == 0.25
+    assert noise_probability(203, 203, 0.25, 0.5) == 0.5
+    mid = noise_probability(100, 203, 0.25, 0.5)
+    assert 0.25 < mid < 0.375  # convex: below the linear midpoint
+    assert mid == pytest.approx(0.25 + (noise_probability(100, 203) / 0.5) * 0.25)
+
+
+def test_monotone_and_convex():
+    ps = [noise_probability(i, 203) for i in range(204)]
+    assert all(a <= b for a, b in zip(ps, ps[1:]))
+    diffs = [b - a for a, b in zip(ps, ps[1:])]
+    assert all(d2 >= d1 - 1e-12 for d1, d2 in zip(diffs, diffs[1:]))
+
+
+def test_base_one_is_linear():
+    assert noise_probability(50, 100, 0.0, 0.5, 1.0) == pytest.approx(0.25)
+
+
+def test_coin_is_deterministic():
+    assert is_noisy(0.5, 7, 3, "uid-1/turn-0") == is_noisy(0.5, 7, 3, "uid-1/turn-0")
+    assert uniform_from_key(7, 3, "k") == uniform_from_key(7, 3, "k")
+    assert uniform_from_key(7, 3, "k") != uniform_from_key(7, 4, "k")
+    assert 0.0 <= uniform_from_key("anything") < 1.0
+
+
+def test_coin_extremes():
+    keys = [f"call-{i}" for i in range(500)]
+    assert not any(is_noisy(0.0, 0, 1, k) for k in keys)
+    assert all(is_noisy(1.0, 0, 1, k) for k in keys)
+
+
+@pytest.mark.parametrize("p", [0.068, 0.25, 0.5])
+def test_coin_frequency_matches_p(p):
+    n = 20_000
+    freq = sum(is_noisy(p, 1, 5, f"call-{i}") for i in range(n)) / n
+    assert abs(freq - p) < 0.015  # > 4 sigma at n = 20000
