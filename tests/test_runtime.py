@@ -1,0 +1,57 @@
+"""A local Ray started by the project listens and connects on loopback only."""
+import ipaddress
+import os
+
+import psutil
+import pytest
+
+
+def _loopback(ip: str) -> bool:
+    a = ipaddress.ip_address(ip.split("%")[0])
+    if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped:  # ::ffff:127.0.0.1
+        a = a.ipv4_mapped
+    return a.is_loopback
+
+
+@pytest.mark.integration
+def test_local_ray_listens_on_loopback_only(ray_session):
+    ray = ray_session
+
+    @ray.remote(num_cpus=0)
+    def ping():
+        return os.getpid()
+
+    assert ray.get(ping.remote()) > 0
+    ray_pids = set()
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if any(s in cmd for s in ("gcs_server", "raylet", "ray/_private", "ray/dashboard")) or cmd.startswith("ray::"):
+            ray_pids.add(p.info["pid"])
+    assert ray_pids, "no Ray processes found"
+    listening, remote = [], []
+    for pid in ray_pids:
+        try:
+            conns = psutil.Process(pid).net_connections(kind="inet")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        for c in conns:
+            if c.status == psutil.CONN_LISTEN:
+                listening.append((pid, c.laddr.ip, c.laddr.port))
+            elif c.raddr:
+                remote.append((pid, c.raddr.ip, c.raddr.port))
+    assert listening, "Ray processes have no listening sockets?"
+    bad = [x for x in listening if not _loopback(x[1])]
+    assert not bad, f"Ray sockets listening off loopback: {bad}"
+    bad_remote = [x for x in remote if not _loopback(x[1])]
+    assert not bad_remote, f"Ray connections to non-loopback addresses: {bad_remote}"
+
+
+def test_local_env_defaults_and_user_values_kept(monkeypatch):
+    from zs_ray.runtime import apply_local_env
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")
+    env = apply_local_env("/tmp/zs_home_test")
+    assert env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+    assert env["VLLM_HOST_IP"] == "127.0.0.1"
+    assert env["RAY_AUTH_MODE"] == "disabled"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "3"  # a user's own setting wins

@@ -1,0 +1,22 @@
+from zs_ray.schedule import may_launch, may_train, prompts_for_step
+
+
+def test_each_epoch_covers_every_row_once():
+    n, per = 10, 4
+    seq = [i for s in range(5) for i in prompts_for_step(n, s, per, seed=3)]  # 20 = 2 epochs
+    assert sorted(seq[:10]) == list(range(10)) and sorted(seq[10:20]) == list(range(10))
+    assert seq[:10] != list(range(10))  # shuffled
+
+
+def test_step_batches_are_a_function_of_the_step():
+    a = [prompts_for_step(37, s, 8, seed=1) for s in range(12)]
+    b = [prompts_for_step(37, s, 8, seed=1) for s in (7, 3, 11, 0)]
+    assert b == [a[7], a[3], a[11], a[0]]
+    assert prompts_for_step(37, 2, 8, seed=2) != a[2]
+
+
+def test_staleness_rule():
+    assert may_train(5, 5, 0) and not may_train(4, 5, 0)
+    assert may_train(4, 5, 1) and not may_train(3, 5, 1)
+    assert not may_train(6, 5, 3)  # a sample from the future is a bug, never trained on
+    assert may_launch(3, 3, 0) and not may_launch(4, 3, 0) and may_launch(4, 3, 1)

@@ -1,0 +1,38 @@
+import os
+
+from zs_ray.config import load_config
+from zs_ray.tracking import Tracker
+
+
+def _cfg(tmp_path, uri):
+    return load_config(None, ["model.policy_path=x", "search.backend=bm25", "search.corpus=c.jsonl",
+                              f"trainer.output_dir={tmp_path}/run", f"tracking.uri={uri}",
+                              "search.api_key=sk-secret-123"])
+
+
+def test_tracker_logs_params_metrics_and_redacts(tmp_path):
+    import mlflow
+
+    cfg = _cfg(tmp_path, f"sqlite:///{tmp_path}/mlflow.db")
+    t = Tracker(cfg)
+    t.log_metrics({"reward/mean": 0.5, "nan": float("nan")}, step=1)
+    t.log_text("hello", "samples/a.txt")
+    t.finish()
+    assert t.failures == 0
+    run = mlflow.get_run(t.run_id)
+    assert run.data.params["search.api_key"] == "***"
+    assert run.data.params["trainer.steps"] == "203"
+    assert run.data.metrics["reward/mean"] == 0.5
+    assert "sk-secret-123" not in str(run.data.params)
+
+
+def test_tracker_failure_is_counted_not_raised(tmp_path):
+    # an unreachable tracking server: training goes on, the failure is counted and reported
+    cfg = _cfg(tmp_path, "http://127.0.0.1:9")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "2"
+    t = Tracker(cfg)
+    t.log_metrics({"a": 1.0}, step=1)
+    t.finish()
+    assert t.failures >= 1
+    assert "FAILED" in t.summary()
