@@ -1,0 +1,28 @@
+from zs_ray.sft import encode_chat_example, encode_text_example, sft_train
+
+
+def test_information_blocks_are_masked(tiny_assets):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_assets["model"])
+    resp = ("<think> need it </think> <search> capital of zorland </search>\n\n<information>Doc 1: zorland "
+            "capital is karova .</information>\n\n<think> ok </think> <answer> karova </answer>")
+    ex = encode_chat_example(tok, "what is the capital of zorland?", resp)
+    assert len(ex.ids) == len(ex.mask)
+    learned = tok.decode([i for i, m in zip(ex.ids, ex.mask) if m])
+    ignored = tok.decode([i for i, m in zip(ex.ids, ex.mask) if not m])
+    assert "<information>" not in learned and "Doc 1" not in learned
+    assert "<information>" in ignored and "what is the capital of zorland?" in ignored
+    assert "<search> capital of zorland </search>" in learned and "<answer> karova </answer>" in learned
+    assert ex.ids[-1] == tok.eos_token_id and ex.mask[-1] == 1
+
+
+def test_sft_lowers_the_loss(tiny_assets, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_assets["model"])
+    exs = [encode_text_example(tok, "the capital of zorland is karova . the founder of karova is milo tesh .")] * 32
+    r = sft_train(tiny_assets["model"], exs, tokenizer=tok, steps=40, lr=3e-3, batch_size=8, warmup=1,
+                  log_every=0, out_dir=str(tmp_path / "out"))
+    assert r["losses"][-1] < 0.5 * r["losses"][0]
+    assert (tmp_path / "out" / "model.safetensors").exists()
