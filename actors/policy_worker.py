@@ -1,0 +1,489 @@
+"""Policy / reference / critic workers: Ray actors holding an FSDP2 shard of a Hugging Face model.
+
+One `PolicyWorker` per rank; the ranks of a group form one torch.distributed process group (gloo
+on CPU, nccl on GPU) and shard the model with FSDP2 (`fully_shard`: each decoder layer, then the
+root). FSDP1 is not used: on CPU it needs an accelerator or segfaults gathering state dicts.
+
+`WorkerGroup` is the driver-side handle: it splits a batch across ranks (equal micro-batch counts
+on every rank, because every forward/backward is a collective) and gathers the results.
+Losses come from zs_ray.algorithms; batch tensors follow zs_ray.batch's alignment convention.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import time
+from collections import defaultdict
+from typing import Any, Optional
+
+import ray
+import torch
+import torch.distributed as dist
+
+from zs_ray.algorithms import actor_loss, entropy_from_logits, value_loss
+from zs_ray.batch import merge_rank_outputs, micro_batches, pad_columns, split_for_ranks, trim_padding
+from zs_ray.runtime import LOOPBACK, actor_env
+
+ROLES = ("actor", "ref", "critic")
+_ALGO_DEFAULTS = dict(clip=0.2, kl_estimator="k3", kl_coef=0.001, entropy_coef=0.001, lr=1e-6,
+                      weight_decay=0.01, warmup_steps=0, grad_clip=1.0, micro_batch_size=8, epochs=1,
+                      critic_lr=1e-5, value_clip=0.5)
+_MODEL_DEFAULTS = dict(dtype="float32", attn_implementation="sdpa", trust_remote_code=False,
+                       gradient_checkpointing=False)
+
+
+# ---------------------------------------------------------------- pure per-micro-batch maths
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T]: position t holds log p(x_t | x_<t) (from logits at t-1); position 0 holds 0."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    lp = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return torch.nn.functional.pad(lp, (1, 0))
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """[B, T]: entropy of the distribution token t was sampled from; position 0 holds 0."""
+    return torch.nn.functional.pad(entropy_from_logits(logits[:, :-1]), (1, 0))
+
+
+def actor_microbatch_loss(logits: torch.Tensor, mb: dict, n_tokens: int, algo: dict):
+    """The actor loss of one micro-batch (PPO clip + k3/k1 KL to ref, added + entropy bonus).
+
+    Every term is `(x * loss_mask).sum() / n_tokens`, so masked tokens get exactly zero gradient
+    and the sum over micro-batches and ranks is the token-mean over the whole batch.
+    `old_logprobs` defaults to the detached current log-probs (exactly on-policy: ratio 1).
+    """
+    logp = token_logprobs(logits, mb["input_ids"])
+    ent = token_entropy(logits) if algo["entropy_coef"] else None
+    old = mb.get("old_logprobs", logp.detach())
+    ref = mb.get("ref_logprobs") if algo["kl_coef"] else None
+    loss, stats = actor_loss(logp, old, ref, mb["advantages"], mb["loss_mask"], n_tokens, ent,
+                             clip=algo["clip"], kl_coef=algo["kl_coef"], kl_estimator=algo["kl_estimator"],
+                             entropy_coef=algo["entropy_coef"])
+    if ent is None:  # for the stats only
+        with torch.no_grad():
+            stats["entropy"] = (token_entropy(logits) * mb["loss_mask"]).sum() / max(n_tokens, 1)
+    stats["clip_frac"] = stats["clip_frac"] * mb["loss_mask"].sum() / max(n_tokens, 1)  # -> a global mean
+    stats["loss"] = loss.detach()
+    return loss, stats
+
+
+class Critic(torch.nn.Module):
+    """The LM backbone + a scalar value head; `values[b, t]` = V(x_<t), aligned like log-probs."""
+
+    def __init__(self, backbone: torch.nn.Module, hidden_size: int):
+        super().__init__()
+        self.model = backbone  # named `model` so keys match the causal LM's ("model.layers.0...")
+        self.value_head = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.normal_(self.value_head.weight, std=hidden_size ** -0.5)
+        torch.nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids, attention_mask):
+        h = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        v = self.value_head(h[:, :-1].float()).squeeze(-1)
+        return torch.nn.functional.pad(v, (1, 0))
+
+
+def _plain(x: Any) -> Any:
+    return float(x.full_tensor() if hasattr(x, "full_tensor") else x) if torch.is_tensor(x) else x
+
+
+# ---------------------------------------------------------------- the actor
+@ray.remote
+class PolicyWorker:
+    def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_path: str,
+                 algo_cfg: dict, model_cfg: dict, role: str = "actor", device: str = "cpu", threads: int = 1,
+                 seed: int = 0):
+        if role not in ROLES:
+            raise ValueError(f"PolicyWorker role must be one of {ROLES}, got {role!r}")
+        self.rank, self.world_size, self.role, self.device = rank, world_size, role, device
+        self.master = f"tcp://{master_addr}:{int(master_port)}"
+        self.model_path = model_path
+        self.algo = {**_ALGO_DEFAULTS, **{k: v for k, v in (algo_cfg or {}).items() if v is not None}}
+        self.mcfg = {**_MODEL_DEFAULTS, **{k: v for k, v in (model_cfg or {}).items() if v is not None}}
+        self.seed, self.steps = seed, 0
+        self.model = self.optimizer = self.scheduler = None
+        torch.set_num_threads(max(1, int(threads)))
+        torch.manual_seed(seed)  # same seed on every rank: the value head starts identical everywhere
+        random.seed(seed)
+
+    def node_info(self) -> dict:
+        """This worker's node and a free port on it (rank 0's are the rendezvous of the group)."""
+        ip = ray.util.get_node_ip_address()
+        return {"node_id": ray.get_runtime_context().get_node_id(), "ip": ip, "port": free_port("")}
+
+    def setup(self, master_addr: Optional[str] = None, master_port: Optional[int] = None) -> dict:
+        """Join the process group (at the address given here or in __init__), load and shard the model."""
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        t0 = time.time()
+        if master_addr is not None:
+            self.master = f"tcp://{master_addr}:{int(master_port)}"
+        if self.device == "cuda":
+            torch.cuda.set_device(0)  # Ray gives each GPU actor its own CUDA_VISIBLE_DEVICES
+        dist.init_process_group("nccl" if self.device == "cuda" else "gloo", init_method=self.master,
+                                rank=self.rank, world_size=self.world_size)
+        self.model, self.hf_config = _load_model(self.model_path, self.mcfg, self.role)
+        self.model.to(self.device)
+        mp = None
+        if self.device == "cuda" and self.mcfg["dtype"] in ("bfloat16", "bf16", "float16", "fp16"):
+            low = torch.bfloat16 if self.mcfg["dtype"].startswith("b") else torch.float16
+            mp = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
+        mesh = init_device_mesh(self.device, (self.world_size,))
+        kw = {"mesh": mesh, **({"mp_policy": mp} if mp else {})}
+        for layer in _decoder_layers(self.model):
+            fully_shard(layer, **kw)
+        fully_shard(self.model, **kw)
+        if self.role != "ref":
+            lr = self.algo["critic_lr"] if self.role == "critic" else self.algo["lr"]
+            warm = int(self.algo["warmup_steps"])
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr,
+                                               weight_decay=self.algo["weight_decay"])
+            # Linear warm-up over `warm` steps, then constant.
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm > 0 else 1.0)
+        else:
+            self.model.requires_grad_(False)
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return {"rank": self.rank, "role": self.role, "params": int(n_params), "setup_s": time.time() - t0}
+
+    # ---- forward passes (no grad). Every rank must call these the same number of times.
+    def _mb_iter(self, batch):
+        for mb in micro_batches(batch, int(self.algo["micro_batch_size"])):
+            mb, T = trim_padding(mb)  # drop all-padding tail columns: less compute, same result
+            yield {k: v.to(self.device) for k, v in mb.items()}, T
+
+    def _forward(self, mb):
+        if self.role == "critic":
+            return self.model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"])
+        return self.model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
+
+    @torch.no_grad()
+    def compute_logprobs(self, batch: dict, with_entropy: bool = False) -> dict:
+        self.model.eval()
+        lps, ents = [], []
+        for mb, T in self._mb_iter(batch):
+            logits = self._forward(mb)
+            lps.append(pad_columns(token_logprobs(logits, mb["input_ids"]).cpu(), T))
+            if with_entropy:
+                ents.append(pad_columns(token_entropy(logits).cpu(), T))
+        out = {"logprobs": torch.cat(lps)}
+        if with_entropy:
+            out["entropy"] = torch.cat(ents)
+        return out
+
+    @torch.no_grad()
+    def compute_values(self, batch: dict) -> dict:
+        assert self.role == "critic", "compute_values needs role='critic'"
+        self.model.eval()
+        vals = [pad_columns(self._forward(mb).cpu() * mb["attention_mask"].cpu(), T) for mb, T in self._mb_iter(batch)]
+        return {"values": torch.cat(vals)}
+
+    # ---- training steps
+    def update(self, batch: dict, global_tokens: int) -> dict:
+        """One optimiser step per epoch over the whole (global) batch; stats are global means."""
+        assert self.role == "actor", "update needs role='actor'"
+        if "advantages" not in batch:
+            raise ValueError("update: the batch needs 'advantages' ([B] per trajectory or [B, T] per token)")
+        if self.algo["epochs"] > 1 and "old_logprobs" not in batch:  # must stay fixed across epochs
+            batch = {**batch, "old_logprobs": self.compute_logprobs(batch)["logprobs"]}
+        return self._train(batch, global_tokens,
+                           lambda mb: actor_microbatch_loss(self._forward(mb), mb, global_tokens, self.algo))
+
+    def update_critic(self, batch: dict, global_tokens: int) -> dict:
+        """Clipped value loss (clip = algo.value_clip, 0.5) against batch['returns'], old batch['values']."""
+        assert self.role == "critic", "update_critic needs role='critic'"
+        missing = {"values", "returns"} - set(batch)
+        if missing:
+            raise ValueError(f"update_critic: the batch needs {sorted(missing)} (old values and GAE returns, [B, T])")
+
+        def loss_fn(mb):
+            v = self._forward(mb)
+            loss = value_loss(v, mb["values"], mb["returns"], mb["loss_mask"], global_tokens, self.algo["value_clip"])
+            vmean = (v.detach() * mb["loss_mask"]).sum() / max(global_tokens, 1)
+            return loss, {"vf_loss": loss.detach(), "value_mean": vmean}
+        return self._train(batch, global_tokens, loss_fn)
+
+    def _train(self, batch, global_tokens, loss_fn) -> dict:
+        self.model.train()
+        sums: dict = defaultdict(float)
+        epochs = max(1, int(self.algo["epochs"]))
+        for _ in range(epochs):
+            for mb, _T in self._mb_iter(batch):
+                loss, stats = loss_fn(mb)
+                # FSDP2 *averages* gradients over ranks; the loss is already a global token-mean
+                # (divided by global_tokens), so scale by world_size to get the plain sum.
+                (loss * self.world_size).backward()
+                for k, v in stats.items():
+                    sums[k] += float(v) / epochs
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.algo["grad_clip"])
+            sums["grad_norm"] += _plain(grad_norm) / epochs  # already global (same on every rank)
+            sums["lr"] += self.optimizer.param_groups[0]["lr"] / epochs
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.steps += 1
+        keys = sorted(k for k in sums if k not in ("grad_norm", "lr"))  # same order on every rank
+        t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)  # per-rank partial sums of global token-means -> global token-means
+        out = {k: float(v) for k, v in zip(keys, t.tolist())}
+        out.update(grad_norm=sums["grad_norm"], lr=sums["lr"], step=self.steps, tokens=int(global_tokens))
+        return out
+
+    # ---- weights and checkpoints
+    def full_state_dict(self) -> dict:
+        """Unsharded weights with HF key names on rank 0 (CPU), {} on other ranks (all must call)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def save_checkpoint(self, ckpt_dir: str) -> str:
+        """Sharded DCP save of model + optimizer; scheduler, step count and RNG per rank (torch.save)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+        os.makedirs(ckpt_dir, exist_ok=True)
+        if self.rank == 0:  # overwrite cleanly: no stale shards / rank files from an earlier world size
+            shutil.rmtree(os.path.join(ckpt_dir, "dcp"), ignore_errors=True)
+            for name in os.listdir(ckpt_dir):
+                if name.startswith("extra_rank") or name == "meta.json":
+                    os.remove(os.path.join(ckpt_dir, name))
+        dist.barrier()
+        # get_state_dict on an optimiser that never stepped initialises it with step=1 and zero
+        # moments, which would change the next step's bias correction: save no optimiser state then.
+        with_optim = self.optimizer is not None and self.steps > 0
+        if with_optim:
+            msd, osd = get_state_dict(self.model, self.optimizer)
+            state = {"model": msd, "optim": osd}
+        else:
+            state = {"model": get_model_state_dict(self.model)}
+        dcp.save(state, checkpoint_id=os.path.join(ckpt_dir, "dcp"))
+        extra = {"steps": self.steps, "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
+                 "scheduler": self.scheduler.state_dict() if self.scheduler else None}
+        if self.device == "cuda":
+            extra["cuda_rng"] = torch.cuda.get_rng_state()
+        torch.save(extra, os.path.join(ckpt_dir, f"extra_rank{self.rank}.pt"))
+        if self.rank == 0:
+            with open(os.path.join(ckpt_dir, "meta.json"), "w") as f:
+                json.dump({"role": self.role, "world_size": self.world_size, "steps": self.steps,
+                           "with_optim": with_optim, "model_path": self.model_path}, f)
+        dist.barrier()  # the checkpoint is complete when every rank returns
+        return ckpt_dir
+
+    def load_checkpoint(self, ckpt_dir: str) -> dict:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict,
+                                                             set_model_state_dict, set_state_dict)
+
+        with open(os.path.join(ckpt_dir, "meta.json")) as f:
+            meta = json.load(f)
+        if meta["role"] != self.role:
+            raise ValueError(f"checkpoint {ckpt_dir} holds a {meta['role']!r} model, this worker is {self.role!r}")
+        path = os.path.join(ckpt_dir, "dcp")
+        if meta["with_optim"] and self.optimizer is not None:
+            msd, osd = get_state_dict(self.model, self.optimizer)
+            state = {"model": msd, "optim": osd}
+            dcp.load(state, checkpoint_id=path)
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                           optim_state_dict=state["optim"])
+        else:
+            state = {"model": get_model_state_dict(self.model)}
+            dcp.load(state, checkpoint_id=path)
+            set_model_state_dict(self.model, state["model"])
+            if self.optimizer is not None:
+                self.optimizer.state.clear()  # the saved state had never stepped: fresh moments
+        # DCP reshards model/optimiser to any world size; per-rank extras fall back to rank 0's.
+        f = os.path.join(ckpt_dir, f"extra_rank{self.rank}.pt")
+        extra = torch.load(f if os.path.exists(f) else os.path.join(ckpt_dir, "extra_rank0.pt"), weights_only=True)
+        self.steps = int(extra["steps"])
+        torch.set_rng_state(extra["torch_rng"])
+        random.setstate(_as_tuple(extra["py_rng"]))
+        if "cuda_rng" in extra and self.device == "cuda":
+            torch.cuda.set_rng_state(extra["cuda_rng"])
+        if self.scheduler is not None and extra["scheduler"] is not None:
+            self.scheduler.load_state_dict(extra["scheduler"])
+            # The scheduler's state does not include the optimiser's current lr (that lives in the
+            # optimiser state, absent when the checkpoint never stepped): set it explicitly.
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+                group["lr"] = lr
+        dist.barrier()
+        return meta
+
+    def export_hf(self, out_dir: str, tokenizer_src: Optional[str] = None) -> Optional[str]:
+        """Rank 0 writes a Hugging Face folder (safetensors + config + tokenizer); all ranks must call."""
+        sd = self.full_state_dict()
+        if self.rank == 0:
+            from safetensors.torch import save_file
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            os.makedirs(out_dir, exist_ok=True)
+            lm = AutoModelForCausalLM.from_config(self.hf_config, dtype=torch.float32,
+                                                  trust_remote_code=self.mcfg["trust_remote_code"])
+            if self.role == "critic":  # backbone as a causal LM folder + the value head beside it
+                head = {k: v.contiguous() for k, v in sd.items() if k.startswith("value_head.")}
+                save_file(head, os.path.join(out_dir, "value_head.safetensors"))
+                lm.load_state_dict({k: v for k, v in sd.items() if k not in head}, strict=False)
+            else:
+                lm.load_state_dict(sd, strict=True)
+            _copy_generation_config(lm, self.model_path)
+            lm.save_pretrained(out_dir, safe_serialization=True)
+            AutoTokenizer.from_pretrained(tokenizer_src or self.model_path,
+                                          trust_remote_code=self.mcfg["trust_remote_code"]).save_pretrained(out_dir)
+        dist.barrier()
+        return out_dir if self.rank == 0 else None
+
+    def shutdown(self) -> bool:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        return True
+
+
+def _load_model(path: str, mcfg: dict, role: str):
+    """The HF causal LM (or Critic around its backbone) and its config.
+
+    Master weights are fp32 (the optimiser state must be); bf16 only as FSDP compute dtype on GPU.
+    (Module-level, not a method: Ray pickles actor methods by value, and a method that touches
+    `.config` next to `torch.distributed` drags the unpicklable torch.distributed.config along.)
+    """
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
+                                              attn_implementation=mcfg["attn_implementation"],
+                                              trust_remote_code=mcfg["trust_remote_code"])
+    if mcfg["gradient_checkpointing"] and role != "ref":
+        lm.gradient_checkpointing_enable()
+    cfg = lm.config
+    return (Critic(lm.model, cfg.hidden_size) if role == "critic" else lm), cfg
+
+
+def _decoder_layers(model: torch.nn.Module):
+    """The decoder blocks to shard one by one: `.model.layers` of a causal LM (and of Critic)."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None:
+        raise ValueError(f"cannot find decoder layers (.model.layers) in {type(model).__name__}")
+    return list(layers)
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _copy_generation_config(lm, model_path):
+    try:
+        from transformers import GenerationConfig
+        lm.generation_config = GenerationConfig.from_pretrained(model_path)
+    except Exception:  # a model folder without generation_config.json keeps the default
+        pass
+
+
+# ---------------------------------------------------------------- driver-side handle
+def free_port(host: str = LOOPBACK) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class WorkerGroup:
+    """N PolicyWorker ranks of one role, used from the driver like a single model."""
+
+    def __init__(self, n_workers: int, model_path: str, algo_cfg: dict, model_cfg: dict, role: str = "actor",
+                 resources: Optional[dict] = None, device: str = "cpu", seed: int = 0, placement_group=None,
+                 threads: int = 1, setup_timeout_s: float = 180.0, call_timeout_s: Optional[float] = None):
+        resources = resources or {}
+        self.n, self.role, self.model_path = int(n_workers), role, model_path
+        self.call_timeout_s = call_timeout_s
+        opts: dict = {"num_cpus": float(resources.get("cpus", resources.get("num_cpus", 0.5))),
+                      "num_gpus": float(resources.get("gpus", resources.get("num_gpus", 0.0))),
+                      "runtime_env": {"env_vars": actor_env(threads)}}
+        self.workers, self.port = [], None
+        for rank in range(self.n):
+            o = dict(opts)
+            if placement_group is not None:
+                from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+                o["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    placement_group=placement_group, placement_group_bundle_index=rank)
+            self.workers.append(PolicyWorker.options(**o).remote(
+                rank, self.n, LOOPBACK, 0, model_path, dict(algo_cfg or {}), dict(model_cfg or {}), role,
+                device, threads, seed))
+        try:
+            # Rendezvous at rank 0's node: loopback when all ranks share one node, else its IP.
+            nodes = ray.get([w.node_info.remote() for w in self.workers], timeout=setup_timeout_s)
+            one_node = len({n["node_id"] for n in nodes}) == 1
+            self.master_addr = LOOPBACK if one_node else nodes[0]["ip"]
+            self.port = free_port() if one_node else nodes[0]["port"]
+            self.setup_info = ray.get([w.setup.remote(self.master_addr, self.port) for w in self.workers],
+                                      timeout=setup_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            self.shutdown()
+            raise RuntimeError(
+                f"WorkerGroup({role}, n={self.n}): setup did not finish in {setup_timeout_s:.0f}s. Usual causes: "
+                f"the cluster lacks {opts['num_cpus']} CPUs / {opts['num_gpus']} GPUs per worker, so some "
+                f"ranks never start (the others then wait in init_process_group on port {self.port}), or "
+                f"the model at {model_path} is slow to load") from None
+        self.micro_batch_size = int((algo_cfg or {}).get("micro_batch_size") or _ALGO_DEFAULTS["micro_batch_size"])
+
+    def _all(self, method: str, *args):
+        return ray.get([getattr(w, method).remote(*args) for w in self.workers], timeout=self.call_timeout_s)
+
+    def _per_rank(self, method: str, batch: dict, *args):
+        shards, tokens = split_for_ranks(batch, self.n)
+        outs = ray.get([getattr(w, method).remote(s, *args) for w, s in zip(self.workers, shards)],
+                       timeout=self.call_timeout_s)
+        return shards, tokens, outs
+
+    def compute_logprobs(self, batch: dict, with_entropy: bool = False):
+        """[B, T] log-probs in the batch's row order (a dict with `entropy` too if with_entropy)."""
+        B = batch["input_ids"].shape[0]
+        shards, _, outs = self._per_rank("compute_logprobs", batch, with_entropy)
+        lp = merge_rank_outputs([o["logprobs"] for o in outs], shards, B)
+        if not with_entropy:
+            return lp
+        return {"logprobs": lp, "entropy": merge_rank_outputs([o["entropy"] for o in outs], shards, B)}
+
+    def compute_values(self, batch: dict) -> torch.Tensor:
+        shards, _, outs = self._per_rank("compute_values", batch)
+        return merge_rank_outputs([o["values"] for o in outs], shards, batch["input_ids"].shape[0])
+
+    def update(self, batch: dict) -> dict:
+        shards, tokens = split_for_ranks(batch, self.n)
+        stats = ray.get([w.update.remote(s, tokens) for w, s in zip(self.workers, shards)], timeout=self.call_timeout_s)
+        return stats[0]
+
+    def update_critic(self, batch: dict) -> dict:
+        shards, tokens = split_for_ranks(batch, self.n)
+        stats = ray.get([w.update_critic.remote(s, tokens) for w, s in zip(self.workers, shards)],
+                        timeout=self.call_timeout_s)
+        return stats[0]
+
+    def state_dict_ref(self) -> "ray.ObjectRef":
+        """ObjectRef of rank 0's full state dict (pass it to rollout workers via the object store)."""
+        refs = [w.full_state_dict.remote() for w in self.workers]  # all ranks join the gather
+        return refs[0]
+
+    def full_state_dict(self) -> dict:
+        return ray.get(self.state_dict_ref(), timeout=self.call_timeout_s)
+
+    def save_checkpoint(self, path: str) -> str:
+        self._all("save_checkpoint", os.path.abspath(path))
+        return path
+
+    def load_checkpoint(self, path: str) -> dict:
+        return self._all("load_checkpoint", os.path.abspath(path))[0]
+
+    def export_hf(self, path: str, tokenizer_src: Optional[str] = None) -> str:
+        self._all("export_hf", os.path.abspath(path), tokenizer_src or self.model_path)
+        return path
+
+    def shutdown(self) -> None:
+        try:
+            ray.get([w.shutdown.remote() for w in self.workers], timeout=30)
+        except Exception:
+            pass
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []
+
+
