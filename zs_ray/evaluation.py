@@ -1,0 +1,414 @@
+"""Evaluate a policy on QA test sets: the search agent and the paper's no-search / RAG baselines.
+
+Modes:
+- `agent`: the search agent, i.e. `zs_ray.rollout.run_trajectory` with greedy decoding, the
+  configured `rollout.max_turns` and `search.topk`, against any search backend.
+- `direct`: answer without search (one answer-only turn, prompt `DIRECT_TEMPLATE`).
+- `rag`: retrieve top-k for the question once, put the documents in the prompt, then answer.
+
+Every row is evaluated (the reference validation drops the last partial batch; we never do): a
+row whose generation fails is kept, scored 0 and counted in `errors`. Outputs: per data source
+and averaged EM / cover-EM / F1, searches per question and invalid-action rate, as a markdown
+table, a CSV, a JSONL of every trajectory and a PNG bar chart, all logged to MLflow.
+
+No Ray here: the engine runs in-process (`rollout.engine` vllm or hf); only a Serve-hosted
+simulator backend needs a Ray cluster, which `zs_ray.search_clients` joins.
+"""
+from __future__ import annotations
+
+import asyncio
+import csv
+import dataclasses
+import json
+import os
+import sys
+import textwrap
+import time
+from collections import OrderedDict
+from typing import Callable, Optional, Sequence
+
+from .data import golds_of, question_of
+from .protocol import normalize_question
+from .reward import extract_answer, score_answer
+
+EVAL_MODES = ("agent", "direct", "rag")
+METRIC_NAMES = ("em", "cover_em", "f1")
+AVERAGE = "average"  # macro mean over data sources, the paper's "Avg." column
+
+DIRECT_TEMPLATE = (
+    "Answer the given question. Provide the answer inside <answer> and </answer>, without detailed "
+    "illustrations. For example, <answer> Beijing </answer>. Question: {question}\n"
+)
+RAG_TEMPLATE = (
+    "Answer the given question using the documents below if they help. Provide the answer inside "
+    "<answer> and </answer>, without detailed illustrations. For example, <answer> Beijing </answer>.\n"
+    "Documents:\n{documents}\n\nQuestion: {question}\n"
+)
+
+
+# ---- aggregation (pure; tested with scripted records) ---------------------------------------
+
+def score_record(rec: dict) -> dict:
+    """Fill `answer` and the metrics from `response` (the response only, never the prompt)."""
+    rec["answer"] = extract_answer(rec.get("response") or "")
+    rec.update(score_answer(rec["answer"], rec["golden_answers"]))
+    return rec
+
+
+def aggregate(records: Sequence[dict]) -> "OrderedDict[str, dict]":
+    """Per data source (in first-seen order), then AVERAGE = the macro mean over sources.
+
+    Each entry: n, em, cover_em, f1 (means), searches (mean per question), invalid_rate (share of
+    questions with at least one invalid action), answered (share with an <answer>), errors (count).
+    """
+    by_source: "OrderedDict[str, list[dict]]" = OrderedDict()
+    for r in records:
+        by_source.setdefault(r["data_source"], []).append(r)
+    out: "OrderedDict[str, dict]" = OrderedDict()
+    for ds, rs in by_source.items():
+        n = len(rs)
+        out[ds] = {"n": n, **{m: sum(float(r[m]) for r in rs) / n for m in METRIC_NAMES},
+                   "searches": sum(int(r.get("searches", 0)) for r in rs) / n,
+                   "invalid_rate": sum(int(r.get("invalid_actions", 0)) > 0 for r in rs) / n,
+                   "answered": sum(r.get("answer") is not None for r in rs) / n,
+                   "errors": sum(bool(r.get("error")) for r in rs)}
+    if out:
+        keys = [k for k in next(iter(out.values())) if k not in ("n", "errors")]
+        out[AVERAGE] = {"n": sum(v["n"] for v in out.values()),
+                        **{k: sum(v[k] for v in out.values()) / len(out) for k in keys},
+                        "errors": sum(v["errors"] for v in out.values())}
+    return out
+
+
+COLUMNS = ("n", "em", "cover_em", "f1", "searches", "invalid_rate", "answered", "errors")
+
+
+def markdown_table(summary: dict, title: str = "") -> str:
+    """Scores ×100 (as papers report them), searches per question as is."""
+    head = "| data source | " + " | ".join(COLUMNS) + " |"
+    lines = ([f"**{title}**", ""] if title else []) + [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    for ds, v in summary.items():
+        cells = []
+        for c in COLUMNS:
+            x = v[c]
+            if c in ("n", "errors"):
+                cells.append(str(int(x)))
+            elif c == "searches":
+                cells.append(f"{x:.2f}")
+            else:
+                cells.append(f"{100 * x:.2f}")
+        name = f"**{ds}**" if ds == AVERAGE else ds
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(summary: dict, path: str) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("data_source",) + COLUMNS)
+        for ds, v in summary.items():
+            w.writerow((ds,) + tuple(v[c] for c in COLUMNS))
+
+
+def write_jsonl(records: Sequence[dict], path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def plot_summary(summary: dict, path: str, title: str = "") -> bool:
+    """Grouped bars of EM / cover-EM / F1 per data source; False when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # no display on these machines
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    names = list(summary)
+    width = 0.8 / len(METRIC_NAMES)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(names) + 1), 3.6))
+    for i, m in enumerate(METRIC_NAMES):
+        xs = [j + (i - (len(METRIC_NAMES) - 1) / 2) * width for j in range(len(names))]
+        ax.bar(xs, [100 * summary[n][m] for n in names], width, label=m)
+    ax.set_xticks(range(len(names)), names, rotation=20)
+    top = max([100 * summary[n][m] for n in names for m in METRIC_NAMES] + [0.0])
+    ax.set_ylim(0, max(5.0, min(100.0, top * 1.15)))  # an all-zero run still gets a sane axis
+    ax.set_ylabel("score ×100")
+    ax.set_title(textwrap.fill(title, 70), fontsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def flat_metrics(summary: dict, prefix: str = "eval") -> dict[str, float]:
+    """`eval/<source>/<metric>` for MLflow (names keep only characters MLflow accepts)."""
+    out = {}
+    for ds, v in summary.items():
+        safe = "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in ds)
+        for k, x in v.items():
+            out[f"{prefix}/{safe}/{k}"] = float(x)
+    return out
+
+
+class Progress:
+    """One status line with the running EM: tqdm when installed, else a carriage-return line."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True, stream=None):
+        self.total, self.desc, self.enabled = total, desc, enabled
+        self.stream = stream or sys.stderr
+        self.n, self.em_sum, self.t0 = 0, 0.0, time.time()
+        self._bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+                self._bar = tqdm(total=total, desc=desc, file=self.stream, dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def update(self, rec: dict) -> None:
+        self.n += 1
+        self.em_sum += float(rec.get("em", 0.0))
+        if not self.enabled:
+            return
+        em = self.em_sum / self.n
+        if self._bar is not None:
+            self._bar.set_postfix(em=f"{em:.3f}", refresh=False)
+            self._bar.update(1)
+        else:
+            rate = self.n / max(time.time() - self.t0, 1e-9)
+            self.stream.write(f"\r{self.desc}: {self.n}/{self.total}  em {em:.3f}  {rate:.1f} q/s")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self.enabled:
+            self.stream.write("\n")
+
+
+# ---- running ----------------------------------------------------------------------------------
+
+class RecordingSearch:
+    """Wraps a backend and keeps every call's documents by call key (rollout records only queries)."""
+
+    def __init__(self, inner):
+        self.inner, self.name = inner, getattr(inner, "name", "search")
+        self.calls: dict[str, list[dict]] = {}
+
+    async def search(self, query, question, golden_answers, step=0, call_key=""):
+        res = await self.inner.search(query, question, golden_answers, step, call_key=call_key)
+        prompt_key = call_key.rsplit("/", 1)[0]  # "<prompt_id>/<sample>/<turn>" -> one list per trajectory
+        self.calls.setdefault(prompt_key, []).append({"query": query, "documents": list(res.docs)})
+        return res
+
+    def pop(self, prompt_id: str, sample_index: int = 0) -> list[dict]:
+        return self.calls.pop(f"{prompt_id}/{sample_index}", [])
+
+    async def close(self):
+        await self.inner.close()
+
+
+def baseline_row(row: dict, mode: str, documents: Optional[Sequence[str]] = None) -> dict:
+    """The row with its prompt replaced by the direct-answer or RAG prompt (same question, golds)."""
+    from .protocol import render_documents
+
+    q = normalize_question(question_of(row))
+    if mode == "direct":
+        text = DIRECT_TEMPLATE.format(question=q)
+    elif mode == "rag":
+        docs = render_documents(list(documents)) if documents else "No information available."
+        text = RAG_TEMPLATE.format(documents=docs, question=q)
+    else:
+        raise ValueError(f"baseline_row mode must be direct or rag, got {mode!r}")
+    return {**row, "question": q, "prompt": [{"role": "user", "content": text}]}
+
+
+def _record(row: dict, mode: str, traj=None, tokenizer=None, calls=(), error: Optional[str] = None) -> dict:
+    rec = {"prompt_id": str(row.get("prompt_id", "")), "data_source": str(row.get("data_source", "")),
+           "id": row.get("id"), "mode": mode, "question": question_of(row), "golden_answers": golds_of(row)}
+    if traj is None:  # a failed row is kept and scored 0: nothing is dropped
+        rec.update(response="", answer=None, em=0.0, cover_em=0.0, f1=0.0, searches=0, invalid_actions=0,
+                   finish_reason="error", error=error, n_turns=0, response_tokens=0, search_calls=[])
+        return rec
+    rec.update(response=tokenizer.decode(traj.response_ids, skip_special_tokens=True), answer=traj.answer,
+               **{m: float(traj.metrics.get(m, 0.0)) for m in METRIC_NAMES},
+               searches=traj.searches, invalid_actions=traj.invalid_actions, finish_reason=traj.finish_reason,
+               n_turns=traj.n_turns, response_tokens=len(traj.response_ids), search_calls=list(calls))
+    return rec
+
+
+async def evaluate_rows(engine, search, rows: Sequence[dict], *, mode: str = "agent", rollout_cfg=None,
+                        topk: int = 5, seed: int = 0, max_query_chars: int = 512,
+                        on_record: Optional[Callable[[dict], None]] = None,
+                        concurrency: Optional[int] = None) -> list[dict]:
+    """One record per row, in row order. Greedy; rows run concurrently (the engine batches them).
+
+    `direct` and `rag` reuse the rollout loop with max_turns=0: one answer-only turn on their own
+    prompt, so tokenisation, stop strings and answer parsing are the agent's own.
+    """
+    from .rollout import as_rollout_config, run_trajectory, trajectory_seed
+
+    if mode not in EVAL_MODES:
+        raise ValueError(f"eval mode must be one of {EVAL_MODES}, got {mode!r}")
+    rcfg = as_rollout_config(rollout_cfg)
+    if mode != "agent":
+        rcfg = dataclasses.replace(rcfg, max_turns=0)
+    recorder = RecordingSearch(search) if search is not None else None
+    sem = asyncio.Semaphore(concurrency or rcfg.max_num_seqs)
+
+    async def one(row: dict) -> dict:
+        async with sem:
+            pid = str(row.get("prompt_id", ""))
+            try:
+                run_row, calls = row, []
+                if mode == "rag":  # one retrieval for the question itself, shown in the prompt
+                    q = question_of(row)
+                    res = await recorder.search(q, q, golds_of(row), 0, call_key=f"{pid}/0/rag")
+                    run_row = baseline_row(row, "rag", res.docs)
+                elif mode == "direct":
+                    run_row = baseline_row(row, "direct")
+                traj = await run_trajectory(engine, recorder, run_row, sample_index=0, rollout_cfg=rcfg, topk=topk,
+                                            step=0, greedy=True, seed=trajectory_seed(seed, 0, pid, 0),
+                                            max_query_chars=max_query_chars)
+                calls = recorder.pop(pid) if recorder is not None else []
+                rec = _record(row, mode, traj, engine.tokenizer, calls)
+                if mode == "rag":
+                    rec["searches"] = 1  # the one retrieval, not a policy action
+            except Exception as e:  # keep the row, scored 0, and say why
+                rec = _record(row, mode, error=f"{type(e).__name__}: {e}"[:500])
+            if on_record is not None:
+                on_record(rec)
+            return rec
+
+    return list(await asyncio.gather(*[one(r) for r in rows]))
+
+
+def select_rows(rows: Sequence[dict], max_rows: Optional[int]) -> list[dict]:
+    """The first `max_rows` rows of each data source (all rows when None), in file order."""
+    if max_rows is None:
+        return list(rows)
+    seen: dict[str, int] = {}
+    out = []
+    for r in rows:
+        ds = str(r.get("data_source", ""))
+        if seen.get(ds, 0) < max_rows:
+            seen[ds] = seen.get(ds, 0) + 1
+            out.append(r)
+    return out
+
+
+def engine_kwargs(cfg) -> dict:
+    r, m = cfg.rollout, cfg.model
+    return dict(dtype=m.dtype, max_model_len=r.max_context_tokens, seed=r.seed, kv_cache_gb=r.kv_cache_gb,
+                max_num_seqs=r.max_num_seqs, enforce_eager=r.enforce_eager, device=cfg.resources.device,
+                tensor_parallel_size=r.tensor_parallel_size, gpu_memory_utilization=r.gpu_memory_utilization,
+                trust_remote_code=m.trust_remote_code)
+
+
+def build_engine(cfg, model_path: Optional[str] = None):
+    from .engine import make_engine
+
+    return make_engine(cfg.rollout.engine, model_path or cfg.model.policy_path, **engine_kwargs(cfg))
+
+
+def build_search(cfg, seed: int = 0):
+    """The configured backend (zs_ray.search_clients). No curriculum: evaluation never asks a
+    simulator for noisy documents. A Serve-hosted simulator needs Ray: join (or start) it."""
+    from .config import to_dict
+    from .search_clients import make_search_backend
+
+    s = to_dict(cfg)["search"]
+    if s["backend"] in ("simulate_prompt", "simulate_sft", "hybrid") and not s.get("urls"):
+        from .runtime import init_ray
+        init_ray()
+    return make_search_backend(s, None, seed=seed)
+
+
+def run_evaluation(cfg, *, mode: str = "agent", max_rows: Optional[int] = None, out_dir: Optional[str] = None,
+                   progress: bool = True, tracking: bool = True, engine=None, search=None) -> dict:
+    """Evaluate `cfg.model.policy_path` on `cfg.data.test_files`; write and log the outputs.
+
+    Returns {"summary", "records", "markdown", "out_dir", "files", "tracking", "run_id", "elapsed_s"}. `engine`/`search`
+    may be passed in (already built) to share them between several evaluations.
+    """
+    from .data import load_dataset_files
+
+    if mode not in EVAL_MODES:
+        raise ValueError(f"eval mode must be one of {EVAL_MODES}, got {mode!r}")
+    if not cfg.data.test_files:
+        from .config import ConfigError
+        raise ConfigError("config key 'data.test_files': evaluation needs at least one test file")
+    rows = select_rows(load_dataset_files(list(cfg.data.test_files)), max_rows)
+    out_dir = os.path.abspath(out_dir or os.path.join(cfg.trainer.output_dir, f"eval_{mode}"))
+    os.makedirs(out_dir, exist_ok=True)
+    own_engine, own_search = engine is None, search is None and mode != "direct"
+    engine = engine or build_engine(cfg)
+    if own_search:
+        search = build_search(cfg, seed=cfg.trainer.seed)
+    backend = "none" if mode == "direct" else getattr(search, "name", cfg.search.backend)
+    from .search import NoSearch
+    search = search if search is not None else NoSearch()
+
+    bar = Progress(len(rows), f"eval {mode}", enabled=progress)
+    t0 = time.time()
+
+    async def go():
+        try:
+            return await evaluate_rows(engine, search, rows, mode=mode, rollout_cfg=cfg.rollout,
+                                       topk=cfg.search.topk, seed=cfg.rollout.seed,
+                                       max_query_chars=cfg.search.max_query_chars, on_record=bar.update)
+        finally:
+            if own_search:
+                await search.close()
+    try:
+        records = asyncio.run(go())
+    finally:
+        bar.close()
+    elapsed = time.time() - t0
+    if len(records) != len(rows):  # never silently lose a row
+        raise RuntimeError(f"evaluation produced {len(records)} records for {len(rows)} rows")
+
+    summary = aggregate(records)
+    title = (f"{mode} | policy {cfg.model.policy_path} | search {backend} (top-{cfg.search.topk}) | "
+             f"max_turns {cfg.rollout.max_turns} | {len(records)} questions, {elapsed:.0f}s")
+    md = markdown_table(summary, title)
+    files = {"markdown": os.path.join(out_dir, "summary.md"), "csv": os.path.join(out_dir, "summary.csv"),
+             "jsonl": os.path.join(out_dir, "trajectories.jsonl"), "png": os.path.join(out_dir, "summary.png"),
+             "json": os.path.join(out_dir, "summary.json")}
+    with open(files["markdown"], "w") as f:
+        f.write(md)
+    write_csv(summary, files["csv"])
+    write_jsonl(records, files["jsonl"])
+    with open(files["json"], "w") as f:
+        json.dump({"mode": mode, "backend": backend, "policy": cfg.model.policy_path, "elapsed_s": elapsed,
+                   "summary": summary}, f, indent=1)
+    if not plot_summary(summary, files["png"], title):
+        files.pop("png")
+
+    track_msg = run_id = None
+    if tracking:
+        from .tracking import Tracker
+
+        tracker = Tracker(cfg)
+        tracker.set_tags({"zs_ray.job": "eval", "eval.mode": mode, "eval.search_backend": backend})
+        tracker.log_metrics({**flat_metrics(summary), "eval/elapsed_s": elapsed}, step=0)
+        for p in files.values():
+            tracker.log_artifact(p, f"eval_{mode}")
+        tracker.finish()
+        track_msg, run_id = tracker.summary(), tracker.run_id
+    if own_engine:
+        _release(engine)
+    return {"summary": summary, "records": records, "markdown": md, "out_dir": out_dir, "files": files,
+            "tracking": track_msg, "run_id": run_id, "elapsed_s": elapsed}
+
+
+def _release(engine) -> None:
+    """Let an in-process engine go (frees its KV cache before the caller's next engine starts)."""
+    ex = getattr(engine, "_executor", None)
+    if ex is not None:
+        ex.shutdown(wait=False)
+    import gc
+    del engine
+    gc.collect()
