@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
 
     try:
-        return int(module.main(argv[1:]) or 0)
+        rc = module.main(argv[1:])
+        return rc if isinstance(rc, int) else 0  # some jobs return their results
     except ConfigError as e:
         print(f"zs-ray {ns.command}: config error: {e}", file=sys.stderr)
         return 2

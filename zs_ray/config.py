@@ -65,6 +65,8 @@ class SearchConfig:
     max_model_len: int = 2048
     tensor_parallel_size: int = 1
     quantization: Optional[str] = None  # e.g. "awq" / "gptq" through vLLM
+    app_name: str = "simulator"  # the Serve application of the simulator
+    simulator_mode: str = "simulate_sft"  # prompt mode used by `http` and `hybrid`
 
 
 @dataclass
@@ -162,6 +164,30 @@ class TrackingConfig:
 
 
 @dataclass
+class SimulatorSFTConfig:
+    """`zs-ray simulator train`: collect (query, documents) pairs, label, balance, fine-tune, evaluate."""
+    base_model: Optional[str] = None  # HF folder to fine-tune (None: a fresh tiny simulator)
+    output_dir: str = "runs/simulator_sft"
+    corpus: Optional[str] = None  # {id, contents} jsonl (None: search.corpus)
+    questions: list[str] = field(default_factory=list)  # parquet/jsonl with question, golden_answers
+    trajectories: list[str] = field(default_factory=list)  # jsonl with question, golden_answers, search_calls
+    topk: int = 5
+    max_questions: Optional[int] = None
+    heldout_frac: float = 0.1
+    max_doc_words: int = 30
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 1e-3  # tiny models; the paper used 1e-6 for 3B-14B
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    eval_questions: int = 100
+    eval_temperature: float = 0.8
+    threads: int = 2
+    seed: int = 0
+
+
+@dataclass
 class ZSConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -172,6 +198,7 @@ class ZSConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    simulator_sft: SimulatorSFTConfig = field(default_factory=SimulatorSFTConfig)
 
 
 class ConfigError(ValueError):

@@ -103,7 +103,7 @@ def sft_train(model_or_path, examples: Sequence[Example], *, out_dir: Optional[s
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             tokens += int((labels != -100).sum())
             step += 1
             if log_every and step % log_every == 0:

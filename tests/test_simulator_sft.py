@@ -1,0 +1,152 @@
+"""Simulator SFT: pairs, labels, balance, the dataset file, and a short real fine-tune on a tiny world.
+
+The tiny world: 24 made-up countries, one fact each ("The capital of X is Y") plus two filler
+documents per country. The SFT trains on two query forms (the question, "capital X") and is evaluated on fresh sampled
+generations for the SAME entities: a 2-layer model trained this briefly memorises facts; it does
+not learn to copy an unseen answer from the prompt (measured: 0 % on held-out entities).
+"""
+import functools
+import json
+import os
+import random
+
+import pytest
+
+from zs_ray import simulator_sft as S
+
+SYL = ["ka", "ro", "vi", "tel", "mun", "sa", "dor", "pe", "lin", "qua", "zen", "bo", "ri", "mas", "tu", "ge"]
+FILLERS = ["famous for its old bridges and quiet rivers", "known for wool trade and mountain roads",
+           "home to a large harbour and fishing boats", "noted for its painted houses and festivals"]
+K = 3
+N_ENTITIES = 24
+
+
+def build_world(out_dir: str, n: int = 40, seed: int = 0):
+    """(corpus jsonl path, questions, texts) of a synthetic world with one fact per entity."""
+    rng = random.Random(seed)
+    lands, cities = set(), set()
+    while len(lands) < n:
+        lands.add("".join(rng.sample(SYL, 2)) + rng.choice(["land", "ia", "stan"]))
+    while len(cities) < n:
+        cities.add("".join(rng.sample(SYL, 3)))
+    corpus, questions = [], []
+    for i, (land, city) in enumerate(zip(sorted(lands), sorted(cities))):
+        corpus.append({"id": f"{i}a", "contents": f"{land}\nThe capital of {land} is {city} ."})
+        for j, f in enumerate(rng.sample(FILLERS, 2)):
+            corpus.append({"id": f"{i}b{j}", "contents": f"{land}\n{land} is {f} ."})
+        questions.append({"question": f"What is the capital of {land}?", "golden_answers": [city]})
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "corpus.jsonl")
+    with open(path, "w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in corpus)
+    return path, questions, [r["contents"].replace("\n", " ") for r in corpus]
+
+
+def keyword_query(question, rng):
+    return S.default_queries(question, rng)[:2]  # the question, and "capital X" (its content words)
+
+
+def _tiny_llama(tok_dir: str, out_dir: str) -> str:
+    """hidden 64, 2 layers, head_dim 32: vLLM's CPU attention has no kernel for head_dim 16
+    (tiny_models' "test" size), and this is small enough to fine-tune in well under a minute."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+@functools.lru_cache(maxsize=1)
+def trained_simulator(base_dir: str) -> dict:
+    """Tiny world + tokenizer + a simulator fine-tuned on it (once per test process)."""
+    from zs_ray.retrieval import BM25Index
+    from zs_ray.tiny_models import train_tokenizer
+
+    corpus, questions, texts = build_world(os.path.join(base_dir, "world"), n=N_ENTITIES)
+    # A tokenizer of this world: names become single tokens, sequences stay short (fast SFT).
+    train_tokenizer((texts + [q["question"] for q in questions]) * 5, os.path.join(base_dir, "tok"), vocab_size=1000)
+    base = _tiny_llama(os.path.join(base_dir, "tok"), os.path.join(base_dir, "base"))
+    pairs = S.pairs_from_corpus(BM25Index.build(corpus), questions, topk=K, query_fn=keyword_query)
+    rows = S.label_and_balance(pairs)
+    train = S.train_sft(base, rows, os.path.join(base_dir, "sft"), k=K, steps=300, batch_size=8, lr=1e-2,
+                        warmup_steps=10, log_every=0)
+    return dict(model=os.path.join(base_dir, "sft"), questions=questions, corpus=corpus, rows=rows, train=train)
+
+
+@pytest.fixture(scope="module")
+def sft_sim(tmp_path_factory):
+    return trained_simulator(str(tmp_path_factory.getbasetemp() / "sft_sim"))
+
+
+# ---------------------------------------------------------------- fast, pure ----------------------
+
+def test_contains_answer_and_label():
+    assert S.contains_answer("The capital is Karova.", ["karova"])
+    assert not S.contains_answer("Karovan bread", ["karova"])  # word boundary
+    assert S.answer_in_docs_label("q", ["Paris"], ["x", "It is the Paris of the east"]) == S.USEFUL
+    assert S.answer_in_docs_label("q", ["Paris"], ["Lyon"]) == S.NOISY
+    judge = S.judge_labeller(lambda prompt: "Yes." if "Paris" in prompt else "no")
+    assert judge("q", ["x"], ["Paris"]) == S.USEFUL and judge("q", ["x"], ["Lyon"]) == S.NOISY
+
+
+def test_pairs_from_trajectories_keep_own_question():
+    trajs = [{"question": "Q1", "golden_answers": ["a1"], "search_calls": [{"query": "x", "docs": ["d a1"]},
+                                                                          {"query": "y", "docs": []}]},
+             {"question": "Q2", "reward_model": {"ground_truth": {"target": ["a2"]}},
+              "search_calls": [{"query": "z", "docs": ["nothing"]}]}]
+    pairs = S.pairs_from_trajectories(trajs)
+    assert [(p["query"], p["question"], p["golden_answers"]) for p in pairs] == [("x", "Q1", ["a1"]), ("z", "Q2", ["a2"])]
+    rows = S.label_and_balance(pairs)
+    assert sorted(r["label"] for r in rows) == ["noisy", "useful"]
+
+
+def test_balance_and_dataset_roundtrip(tmp_path):
+    import datasets
+
+    corpus, questions, _ = build_world(str(tmp_path / "w"), n=12)
+    from zs_ray.retrieval import BM25Index
+    pairs = S.pairs_from_corpus(BM25Index.build(corpus), questions, topk=K)
+    rows = S.label_and_balance(pairs)
+    n_useful = sum(r["label"] == "useful" for r in rows)
+    assert n_useful == len(rows) // 2 and n_useful > 0
+    assert all(S.contains_answer(" ".join(r["docs"]), r["golden_answers"]) == (r["label"] == "useful") for r in rows)
+    path = S.write_sft_set(rows, str(tmp_path / "sft.parquet"))
+    back = datasets.load_dataset("parquet", data_files=path, split="train")
+    assert len(back) == len(rows) and set(back.column_names) >= {"query", "question", "docs", "label"}
+    with pytest.raises(ValueError, match="one class is empty"):
+        S.label_and_balance([p for p in pairs if S.contains_answer(" ".join(p["docs"]), p["golden_answers"])])
+
+
+def test_sft_example_masks_prompt(tiny_assets):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_assets["tokenizer"])
+    row = dict(query="q", question="Q?", golden_answers=["a"], docs=["one two", "three"], label="noisy")
+    ids, labels = S.sft_example(tok, row, k=2)
+    n_prompt = sum(l == -100 for l in labels)
+    assert labels[:n_prompt] == [-100] * n_prompt and ids[n_prompt:] == labels[n_prompt:]
+    assert tok.decode(ids[:n_prompt]).rstrip().endswith("assistant")
+    assert "Noisy Output:" in tok.decode(ids[:n_prompt])
+    assert tok.decode(ids[n_prompt:]).startswith("Doc 1: one two\nDoc 2: three")
+    assert ids[-1] == tok.eos_token_id
+
+
+# ---------------------------------------------------------------- a real short fine-tune ----------
+
+@pytest.mark.integration
+def test_sft_learns_useful_vs_noisy(sft_sim):
+    # Fresh samples (temperature 0.8) for the keyword queries of every entity: the SFT pairs' query
+    # distribution. Unseen entities are NOT tested: this tiny model memorises, it does not copy.
+    rows = [dict(q, query=keyword_query(q["question"], random.Random(0))[1]) for q in sft_sim["questions"]]
+    ev = S.evaluate_simulator(sft_sim["model"], rows, k=K, temperature=0.8, max_new_tokens=80, seed=1)
+    print("tiny simulator SFT:", sft_sim["train"], {k: v for k, v in ev.items() if k != "examples"})
+    assert ev["useful_hit"] >= 0.70, ev
+    assert ev["noisy_hit"] <= 0.30, ev
+    assert ev["well_formed"] >= 0.5, ev

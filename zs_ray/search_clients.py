@@ -1,0 +1,413 @@
+"""Search backends behind zs_ray.search.SearchBackend: the simulator (Serve handle or an external
+OpenAI-compatible server), the Search-R1 retrieval-server API, BM25, and a hybrid of the two kinds.
+
+The curriculum coin is flipped HERE, on the client, from the call's training `step` and `call_key`:
+every rollout worker then follows the same schedule and a resumed run flips the same coins.
+Every remote call has a timeout and a bounded number of retries with exponential backoff (the
+reference code retried forever); when all fail the call returns `failed=True` with no documents
+(the policy sees "No information available."), or raises when on_failure="error".
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any, Awaitable, Callable, Optional, Sequence
+
+from .curriculum import is_noisy, noise_probability
+from .search import BM25Search, SearchBackend, SearchResult
+from .simulator_prompts import parse_documents, simulator_prompt
+
+
+class SearchError(RuntimeError):
+    pass
+
+
+class _Counters:
+    def __init__(self):
+        self.calls = self.noisy = self.failures = self.retries = self.fallbacks = self.empty = 0
+        self.latency = 0.0
+
+    def metrics(self, prefix: str = "search/") -> dict:
+        n = max(self.calls, 1)
+        return {f"{prefix}calls": self.calls, f"{prefix}noisy_frac": self.noisy / n,
+                f"{prefix}failures": self.failures, f"{prefix}fail_frac": self.failures / n,
+                f"{prefix}retries": self.retries, f"{prefix}fallbacks": self.fallbacks,
+                f"{prefix}fallback_frac": self.fallbacks / n, f"{prefix}empty_frac": self.empty / n,
+                f"{prefix}mean_latency_s": self.latency / n}
+
+
+class _Curriculum:
+    """p = noise_probability(step, ...); None or enabled=False: p = start (0 by default: always useful)."""
+
+    def __init__(self, cfg: Optional[dict], seed: int):
+        cfg = dict(cfg or {})
+        self.enabled = bool(cfg.get("enabled", True)) and bool(cfg)
+        self.start, self.end = float(cfg.get("start", 0.0)), float(cfg.get("end", 0.5))
+        self.base, self.total = float(cfg.get("base", 4.0)), cfg.get("total_steps")
+        if self.enabled and self.total is None:
+            raise ValueError("curriculum.total_steps is None: set it (the driver uses trainer.steps)")
+        self.seed = seed
+
+    def p(self, step: int) -> float:
+        if not self.enabled:
+            return self.start
+        return noise_probability(step, int(self.total), self.start, self.end, self.base)
+
+    def noisy(self, step: int, call_key: str) -> bool:
+        return is_noisy(self.p(step), self.seed, step, call_key)
+
+
+async def _with_retries(what: str, attempt: Callable[[int], Awaitable[Any]], max_retries: int, backoff_s: float,
+                        counters: _Counters) -> tuple[Any, Optional[BaseException]]:
+    """Run attempt(i) for i in 0..max_retries with exponential backoff; (result, None) or (None, last error)."""
+    last: Optional[BaseException] = None
+    for i in range(max_retries + 1):
+        if i:
+            counters.retries += 1
+            await asyncio.sleep(backoff_s * 2 ** (i - 1))
+        try:
+            return await attempt(i), None
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure kind is retried, then reported
+            last = e if not isinstance(e, asyncio.TimeoutError) else TimeoutError(f"{what}: timed out")
+    return None, last
+
+
+class _SimulatorBase(SearchBackend):
+    """Shared: the coin, counters, failure policy. Subclasses implement `_call(...) -> (docs, mean_lp)`."""
+
+    def __init__(self, mode: str, topk: int, curriculum: Optional[dict], seed: int, timeout_s: float,
+                 max_retries: int, backoff_s: float, on_failure: str, max_query_chars: int = 512):
+        if on_failure not in ("no_information", "error"):
+            raise ValueError(f"search.on_failure must be 'no_information' or 'error', got {on_failure!r}")
+        self.mode, self.topk, self.timeout_s = mode, int(topk), float(timeout_s)
+        self.max_retries, self.backoff_s, self.on_failure = int(max_retries), float(backoff_s), on_failure
+        self.max_query_chars = int(max_query_chars)
+        self.curriculum = _Curriculum(curriculum, seed)
+        self.counters = _Counters()
+
+    async def _call(self, attempt: int, ctx: Any, query: str, question: str, answer: str, noisy: bool):
+        raise NotImplementedError
+
+    def _begin(self) -> Any:
+        """Per-call context (the HTTP client's first URL), made once per search call."""
+        return None
+
+    def _where(self) -> str:
+        return self.name
+
+    async def search(self, query, question, golden_answers, step=0, call_key=""):
+        t = time.perf_counter()
+        noisy = self.curriculum.noisy(step, call_key)
+        # The question and first gold answer of the SAME trajectory travel with the query.
+        answer = str(golden_answers[0]) if golden_answers else ""
+        query = str(query)[: self.max_query_chars]
+        c = self.counters
+        c.calls += 1
+        c.noisy += int(noisy)
+        ctx = self._begin()
+        out, err = await _with_retries(
+            self._where(), lambda i: self._call(i, ctx, query, str(question), answer, noisy),
+            self.max_retries, self.backoff_s, c)
+        dt = time.perf_counter() - t
+        c.latency += dt
+        if err is not None:
+            c.failures += 1
+            if self.on_failure == "error":
+                raise SearchError(f"{self._where()}: all {self.max_retries + 1} attempts failed: {err}") from err
+            return SearchResult(docs=[], backend=self.name, noisy=noisy, failed=True, latency_s=dt,
+                                meta={"error": str(err), "p_noise": self.curriculum.p(step)})
+        docs, mean_lp = out
+        c.empty += int(not docs)
+        return SearchResult(docs=docs, backend=self.name, noisy=noisy, mean_logprob=mean_lp, latency_s=dt,
+                            meta={"p_noise": self.curriculum.p(step)})
+
+    def metrics(self) -> dict:
+        return self.counters.metrics(f"search/{self.name}/")
+
+
+class SimulatorSearch(_SimulatorBase):
+    """The Serve deployment of actors/simulator.py, called by DeploymentHandle (not HTTP)."""
+
+    name = "simulator"
+
+    def __init__(self, handle_or_app_name: Any = "simulator", mode: str = "simulate_sft", topk: int = 5,
+                 curriculum: Optional[dict] = None, seed: int = 0, timeout_s: float = 60.0, max_retries: int = 3,
+                 backoff_s: float = 0.5, on_failure: str = "no_information", max_query_chars: int = 512):
+        super().__init__(mode, topk, curriculum, seed, timeout_s, max_retries, backoff_s, on_failure,
+                         max_query_chars)
+        self._handle = None if isinstance(handle_or_app_name, str) else handle_or_app_name
+        self.app_name = handle_or_app_name if isinstance(handle_or_app_name, str) else None
+
+    @property
+    def handle(self):
+        if self._handle is None:  # looked up lazily, so the backend can be built before Serve runs
+            from ray import serve
+            self._handle = serve.get_app_handle(self.app_name)
+        return self._handle
+
+    def _where(self) -> str:
+        return f"simulator deployment {self.app_name or 'handle'}"
+
+    async def _call(self, attempt, ctx, query, question, answer, noisy):
+        resp = self.handle.simulate.remote(query, question, answer, noisy, self.topk, self.mode)
+        try:
+            out = await asyncio.wait_for(_await(resp), self.timeout_s)
+        except asyncio.TimeoutError:
+            resp.cancel()
+            raise
+        return out["docs"], out.get("mean_logprob")
+
+
+async def _await(resp):
+    return await resp
+
+
+# ---------------------------------------------------------------- HTTP ------------------------------
+
+class _HTTP:
+    """Async JSON POST/GET over httpx when installed (it is, via openai/fastapi), else requests in a thread."""
+
+    def __init__(self, timeout_s: float, api_key: Optional[str] = None):
+        self.timeout_s, self.headers = timeout_s, ({"Authorization": f"Bearer {api_key}"} if api_key else {})
+        self._client, self._loop = None, None
+        try:
+            import httpx  # noqa: F401
+            self._httpx = True
+        except ImportError:
+            self._httpx = False
+
+    async def request(self, method: str, url: str, payload: Optional[dict] = None) -> dict:
+        if self._httpx:
+            import httpx
+            loop = asyncio.get_running_loop()
+            if self._client is None or self._loop is not loop:  # a client belongs to one event loop
+                self._client, self._loop = httpx.AsyncClient(timeout=self.timeout_s, headers=self.headers), loop
+            r = await asyncio.wait_for(self._client.request(method, url, json=payload), self.timeout_s)
+            r.raise_for_status()
+            return r.json()
+        import requests
+
+        def go():
+            r = requests.request(method, url, json=payload, timeout=self.timeout_s, headers=self.headers)
+            r.raise_for_status()
+            return r.json()
+        return await asyncio.wait_for(asyncio.to_thread(go), self.timeout_s + 1)
+
+    async def close(self):
+        if self._client is not None:
+            try:
+                await self._client.aclose()
+            except RuntimeError:  # its loop is gone already
+                pass
+            self._client = None
+
+
+class _URLPool:
+    """Round-robin over several base URLs; each retry moves to the next URL."""
+
+    def __init__(self, urls: Sequence[str]):
+        if not urls:
+            raise ValueError("search.urls is empty: give at least one server URL")
+        self.urls = [u.rstrip("/") for u in urls]
+        self._next = itertools.cycle(range(len(self.urls)))
+
+    def start(self) -> int:
+        return next(self._next)
+
+    def pick(self, start: int, attempt: int) -> str:
+        return self.urls[(start + attempt) % len(self.urls)]
+
+
+def _v1(url: str, path: str) -> str:
+    """`http://h:p` or `http://h:p/v1` + `chat/completions` -> the OpenAI route."""
+    return f"{url}/{path}" if url.endswith("/v1") else f"{url}/v1/{path}"
+
+
+class OpenAISimulatorSearch(_SimulatorBase):
+    """An external OpenAI-compatible simulator server (sglang, `vllm serve --port 6001`, or our own route)."""
+
+    name = "http_simulator"
+
+    def __init__(self, urls: Sequence[str], model_name: Optional[str] = None, mode: str = "simulate_prompt",
+                 topk: int = 5, curriculum: Optional[dict] = None, seed: int = 0, timeout_s: float = 60.0,
+                 max_retries: int = 3, backoff_s: float = 0.5, on_failure: str = "no_information",
+                 temperature: float = 0.8, top_p: float = 1.0, max_tokens: int = 600, api_key: Optional[str] = None,
+                 max_query_chars: int = 512):
+        super().__init__(mode, topk, curriculum, seed, timeout_s, max_retries, backoff_s, on_failure,
+                         max_query_chars)
+        self.pool, self.http = _URLPool(urls), _HTTP(timeout_s, api_key)
+        self.model_name, self.temperature, self.top_p, self.max_tokens = model_name, temperature, top_p, max_tokens
+
+    def _where(self) -> str:
+        return f"simulator server(s) {', '.join(self.pool.urls)}"
+
+    def _begin(self) -> int:
+        return self.pool.start()
+
+    async def _call(self, attempt, ctx, query, question, answer, noisy):
+        url = self.pool.pick(ctx, attempt)
+        if self.model_name is None:  # ask the server which model it serves
+            models = await self.http.request("GET", _v1(url, "models"))
+            self.model_name = models["data"][0]["id"]
+        prompt = simulator_prompt(self.mode, query, question, answer, noisy=noisy, k=self.topk)
+        body = {"model": self.model_name, "messages": [{"role": "user", "content": prompt}],
+                "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
+                "n": 1, "logprobs": True}
+        try:
+            out = await self.http.request("POST", _v1(url, "chat/completions"), body)
+        except Exception as e:
+            raise SearchError(f"{url}: {type(e).__name__}: {e}") from e
+        choice = out["choices"][0]
+        content = (choice.get("logprobs") or {}).get("content") or []
+        lps = [float(t["logprob"]) for t in content if t.get("logprob") is not None]
+        return parse_documents(choice["message"]["content"] or "", self.topk).docs, (
+            sum(lps) / len(lps) if lps else None)
+
+    async def close(self):
+        await self.http.close()
+
+
+class RetrieverSearch(SearchBackend):
+    """Client of the Search-R1 retrieval server: POST {url}/retrieve {"queries", "topk", "return_scores"}."""
+
+    name = "retriever"
+
+    def __init__(self, urls: Sequence[str], topk: int = 3, timeout_s: float = 30.0, max_retries: int = 3,
+                 backoff_s: float = 0.5, on_failure: str = "no_information"):
+        self.pool, self.http, self.topk = _URLPool(urls), _HTTP(timeout_s), int(topk)
+        self.max_retries, self.backoff_s, self.on_failure = int(max_retries), float(backoff_s), on_failure
+        self.counters = _Counters()
+
+    async def search(self, query, question, golden_answers, step=0, call_key=""):
+        from .retrieval import format_passage, unquote_title
+
+        t, start, c = time.perf_counter(), self.pool.start(), self.counters
+        c.calls += 1
+
+        async def attempt(i):
+            url = self.pool.pick(start, i)
+            out = await self.http.request("POST", f"{url}/retrieve",
+                                          {"queries": [str(query)], "topk": self.topk, "return_scores": True})
+            docs = []
+            for hit in out["result"][0]:
+                contents = (hit.get("document") or hit)["contents"]
+                title, _, text = contents.partition("\n")
+                docs.append(format_passage(unquote_title(title), text.strip()) if text else contents)
+            return docs
+        docs, err = await _with_retries(f"retriever {', '.join(self.pool.urls)}", attempt, self.max_retries,
+                                        self.backoff_s, c)
+        dt = time.perf_counter() - t
+        if err is not None:
+            c.failures += 1
+            if self.on_failure == "error":
+                raise SearchError(f"retriever {', '.join(self.pool.urls)}: all attempts failed: {err}") from err
+            return SearchResult(docs=[], backend=self.name, failed=True, latency_s=dt, meta={"error": str(err)})
+        return SearchResult(docs=docs, backend=self.name, latency_s=dt)
+
+    def metrics(self) -> dict:
+        return self.counters.metrics("search/retriever/")
+
+    async def close(self):
+        await self.http.close()
+
+
+class HybridSearch(SearchBackend):
+    """Simulated by default; real search for a call when the simulator is unsure (mean token log-prob
+    of its documents < threshold, or it failed / returned nothing). Noisy calls keep the simulator's
+    documents unless fallback_noisy: a noisy call is *meant* to be unhelpful, so replacing it by real
+    results would undo the curriculum."""
+
+    name = "hybrid"
+
+    def __init__(self, simulator: SearchBackend, real: SearchBackend, threshold: float = -2.5,
+                 fallback_noisy: bool = False):
+        self.simulator, self.real, self.threshold, self.fallback_noisy = simulator, real, float(threshold), fallback_noisy
+        self.calls = self.fallbacks = 0
+
+    async def search(self, query, question, golden_answers, step=0, call_key=""):
+        self.calls += 1
+        r = await self.simulator.search(query, question, golden_answers, step, call_key)
+        unsure = r.failed or not r.docs or r.mean_logprob is None or r.mean_logprob < self.threshold
+        if not unsure or (r.noisy and not self.fallback_noisy):
+            return r
+        self.fallbacks += 1
+        real = await self.real.search(query, question, golden_answers, step, call_key)
+        real.fallback = True
+        real.noisy = r.noisy
+        real.meta.update(simulator_mean_logprob=r.mean_logprob, simulator_failed=r.failed)
+        real.latency_s += r.latency_s
+        return real
+
+    def metrics(self) -> dict:
+        out = {"search/hybrid/calls": self.calls, "search/hybrid/fallbacks": self.fallbacks,
+               "search/hybrid/fallback_frac": self.fallbacks / max(self.calls, 1)}
+        for b in (self.simulator, self.real):
+            if hasattr(b, "metrics"):
+                out.update(b.metrics())
+        return out
+
+    async def close(self):
+        await self.simulator.close()
+        await self.real.close()
+
+
+# ---------------------------------------------------------------- factory -----------------------------
+
+def _bm25(search_cfg: dict, bm25_index, topk: int) -> BM25Search:
+    if bm25_index is None:
+        from .retrieval import BM25Index
+        corpus, index_dir = search_cfg.get("corpus"), search_cfg.get("index_dir")
+        if corpus and index_dir:
+            bm25_index = BM25Index.load_or_build(corpus, index_dir)
+        elif index_dir:
+            bm25_index = BM25Index.load(index_dir)
+        elif corpus:
+            bm25_index = BM25Index.build(corpus)
+        else:
+            raise ValueError("BM25 search needs search.corpus or search.index_dir")
+    return BM25Search(bm25_index, topk)
+
+
+def make_search_backend(search_cfg: dict, curriculum_cfg: Optional[dict] = None, seed: int = 0, bm25_index=None,
+                        handle=None) -> SearchBackend:
+    """One backend from the `search` config section. simulate_*: the Serve app `search.app_name`
+    (default "simulator"; or `handle`) when search.urls is empty, else the external OpenAI servers.
+    curriculum_cfg None: no noise (p=0). `http` uses `search.simulator_mode` (default simulate_prompt)."""
+    s = dict(search_cfg)
+    backend, topk = s.get("backend", "simulate_sft"), int(s.get("topk", 5))
+    common = dict(topk=topk, curriculum=curriculum_cfg, seed=seed, timeout_s=float(s.get("timeout_s", 60.0)),
+                  max_retries=int(s.get("max_retries", 3)), backoff_s=float(s.get("backoff_s", 0.5)),
+                  on_failure=s.get("on_failure", "no_information"), max_query_chars=int(s.get("max_query_chars", 512)))
+
+    def simulator(mode: str) -> SearchBackend:
+        if s.get("urls"):
+            return OpenAISimulatorSearch(s["urls"], s.get("model_name"), mode=mode, temperature=s.get("temperature", 0.8),
+                                         top_p=s.get("top_p", 1.0), max_tokens=s.get("max_tokens", 600),
+                                         api_key=s.get("api_key"), **common)
+        return SimulatorSearch(handle if handle is not None else s.get("app_name", "simulator"), mode=mode, **common)
+
+    if backend in ("simulate_prompt", "simulate_sft"):
+        return simulator(backend)
+    if backend == "http":
+        if not s.get("urls"):
+            raise ValueError("search.backend=http needs search.urls")
+        return simulator(s.get("simulator_mode", "simulate_prompt"))
+    if backend == "bm25":
+        return _bm25(s, bm25_index, topk)
+    if backend == "retriever":
+        return RetrieverSearch(s.get("urls") or [], topk, timeout_s=common["timeout_s"], max_retries=common["max_retries"],
+                               backoff_s=common["backoff_s"], on_failure=common["on_failure"])
+    if backend == "hybrid":
+        sim = simulator(s.get("simulator_mode", "simulate_sft"))
+        fb = s.get("hybrid_fallback", "bm25")
+        if fb == "bm25":
+            real = _bm25(s, bm25_index, topk)
+        elif fb == "retriever":
+            real = RetrieverSearch(s.get("retriever_urls") or [], topk, timeout_s=common["timeout_s"])
+        else:
+            raise ValueError(f"search.hybrid_fallback must be bm25 or retriever, got {fb!r}")
+        return HybridSearch(sim, real, float(s.get("hybrid_threshold", -2.5)))
+    raise ValueError(f"unknown search.backend {backend!r}")

@@ -1,0 +1,320 @@
+"""Fine-tuning the search simulator in-project (ZeroSearch trained its simulators outside its code).
+
+1. Pairs: (query, documents a REAL search engine returned) with the trajectory's own question and
+   gold answers. Two sources: trajectories of a policy talking to real search (`search_calls`), or a
+   direct path over a corpus: BM25 for question-derived queries (the CPU default).
+2. Labels: "useful" if a normalised gold answer appears in the documents, else "noisy" (the paper
+   used an LLM judge: `judge_labeller` plugs one in). Classes are balanced by down-sampling.
+3. SFT: input = chat template of simulator_prompt("simulate_sft", ..., noisy=label=="noisy"),
+   target = the rendered documents + EOS; loss on the target tokens only; fp32 AdamW, plain torch.
+4. Evaluation on held-out questions: ask for useful and for noisy documents and measure how often
+   the gold answer appears in each (target: useful high, noisy low).
+
+No Ray, no vLLM: the output is an HF safetensors folder that actors/simulator.py serves.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import time
+from typing import Callable, Iterable, Optional, Sequence
+
+from .protocol import render_documents
+from .reward import normalize_answer
+from .simulator_prompts import simulator_prompt
+
+USEFUL, NOISY = "useful", "noisy"
+Labeller = Callable[[str, Sequence[str], Sequence[str]], str]  # (question, golds, docs) -> label
+
+
+from .config import SimulatorSFTConfig  # noqa: E402,F401  (the schema lives with the others)
+
+
+# ---------------------------------------------------------------- labelling ----------------------
+
+def contains_answer(text: str, golds: Sequence[str]) -> bool:
+    """Normalised gold answer appears in the normalised text, on word boundaries."""
+    norm = f" {normalize_answer(text)} "
+    return any(g and f" {g} " in norm for g in (normalize_answer(x) for x in golds))
+
+
+def answer_in_docs_label(question: str, golds: Sequence[str], docs: Sequence[str]) -> str:
+    return USEFUL if contains_answer(" ".join(docs), golds) else NOISY
+
+
+def judge_labeller(generate: Callable[[str], str]) -> Labeller:
+    """An LLM-judge labeller (the paper's choice): `generate(prompt) -> text`, 'yes' means useful."""
+    def label(question, golds, docs):
+        prompt = (f"Question: {question}\nDocuments:\n{render_documents(list(docs))}\n"
+                  "Do these documents contain enough information to answer the question? Answer yes or no.")
+        return USEFUL if generate(prompt).strip().lower().startswith("yes") else NOISY
+    return label
+
+
+# ---------------------------------------------------------------- pairs ---------------------------
+
+def _golds_of(row: dict) -> list[str]:
+    g = row.get("golden_answers")
+    if g is None:
+        g = ((row.get("reward_model") or {}).get("ground_truth") or {}).get("target")
+    if g is None:
+        raise ValueError(f"row has no golden_answers (nor reward_model.ground_truth.target): {str(row)[:200]}")
+    return [str(x) for x in ([g] if isinstance(g, str) else list(g))]
+
+
+def pairs_from_trajectories(trajectories: Iterable[dict]) -> list[dict]:
+    """Split trajectories ({question, golden_answers, search_calls: [{query, docs}]}) into pairs."""
+    out = []
+    for t in trajectories:
+        golds = _golds_of(t)
+        for call in t.get("search_calls") or []:
+            docs = [d for d in (call.get("docs") or []) if str(d).strip()]
+            if docs:  # an empty result teaches nothing
+                out.append(dict(query=str(call["query"]), question=str(t["question"]), golden_answers=golds,
+                                docs=[str(d) for d in docs], source="trajectory"))
+    return out
+
+
+_STOP = set("a an the of in on at to is was who what which when where how why did does do by for from "
+            "and or with as that this it its be are were".split())
+
+
+def default_queries(question: str, rng: random.Random) -> list[str]:
+    """Queries a policy might write: the question, its content words, and a partial keyword query."""
+    q = question.strip()
+    words = [w for w in re.findall(r"\w+", q) if w.lower() not in _STOP]
+    out = [q]
+    if words:
+        out.append(" ".join(words))
+    if len(words) > 1:
+        out.append(" ".join(sorted(rng.sample(words, max(1, len(words) // 2)), key=words.index)))
+    return list(dict.fromkeys(out))
+
+
+def pairs_from_corpus(index, questions: Sequence[dict], topk: int = 5, depth: int = 4,
+                      query_fn: Callable = default_queries, seed: int = 0) -> list[dict]:
+    """BM25 pairs for each question's queries: the top-k as returned, plus the best k hits that do NOT
+    mention a gold answer (related but unhelpful: the kind of results a noisy engine gives)."""
+    rng = random.Random(seed)
+    jobs = [(row, q) for row in questions for q in query_fn(str(row["question"]), rng)]
+    hits = index.search([q for _, q in jobs], topk * depth) if jobs else []
+    out = []
+    for (row, q), docs in zip(jobs, hits):
+        golds = _golds_of(row)
+        base = dict(query=q, question=str(row["question"]), golden_answers=golds, source="bm25")
+        if docs[:topk]:
+            out.append({**base, "docs": docs[:topk]})
+        unhelpful = [d for d in docs if not contains_answer(d, golds)][:topk]
+        if unhelpful and unhelpful != docs[:topk]:
+            out.append({**base, "docs": unhelpful, "source": "bm25_filtered"})
+    return out
+
+
+def label_and_balance(pairs: Sequence[dict], labeller: Labeller = answer_in_docs_label,
+                      seed: int = 0) -> list[dict]:
+    """Label each pair and down-sample the larger class so useful and noisy are equally many."""
+    by = {USEFUL: [], NOISY: []}
+    for p in pairs:
+        lab = labeller(p["question"], p["golden_answers"], p["docs"])
+        if lab not in by:
+            raise ValueError(f"labeller returned {lab!r}; expected {USEFUL!r} or {NOISY!r}")
+        by[lab].append({**p, "label": lab})
+    n = min(len(by[USEFUL]), len(by[NOISY]))
+    if n == 0:
+        raise ValueError(f"cannot balance the SFT set: {len(by[USEFUL])} useful and {len(by[NOISY])} "
+                         "noisy pairs (one class is empty)")
+    rng = random.Random(seed)
+    rows = rng.sample(by[USEFUL], n) + rng.sample(by[NOISY], n)
+    rng.shuffle(rows)
+    return rows
+
+
+def write_sft_set(rows: Sequence[dict], path: str) -> str:
+    """Save as parquet through `datasets` (loads back with datasets.load_dataset('parquet'))."""
+    import datasets
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    datasets.Dataset.from_list([dict(r) for r in rows]).to_parquet(path)
+    return path
+
+
+def load_rows(paths: Sequence[str]) -> list[dict]:
+    """Rows of parquet / jsonl files (Search-R1 train parquet, trajectories jsonl)."""
+    rows: list[dict] = []
+    for p in paths:
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"simulator SFT input not found: {p}")
+        if p.endswith(".parquet"):
+            import pyarrow.parquet as pq
+            rows.extend(pq.read_table(p).to_pylist())
+        else:
+            with open(p) as f:
+                rows.extend(json.loads(line) for line in f if line.strip())
+    return rows
+
+
+# ---------------------------------------------------------------- model I/O ------------------------
+
+def chat_text(tokenizer, user_text: str) -> str:
+    """One user turn through the chat template when the tokenizer has one (else the raw text)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
+                                             add_generation_prompt=True)
+    return user_text
+
+
+def encode_prompt(tokenizer, user_text: str) -> list[int]:
+    # The template already holds any special tokens; adding BOS again would double it.
+    return tokenizer(chat_text(tokenizer, user_text), add_special_tokens=False)["input_ids"]
+
+
+def sft_example(tokenizer, row: dict, k: int, max_doc_words: int = 30) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) with -100 on the prompt: the loss is on the document tokens only."""
+    prompt = simulator_prompt("simulate_sft", row["query"], row["question"], row["golden_answers"][0],
+                              noisy=row["label"] == NOISY, k=k)
+    docs = [" ".join(str(d).split()[:max_doc_words]) for d in row["docs"][:k]]
+    p_ids = encode_prompt(tokenizer, prompt)
+    t_ids = tokenizer(render_documents(docs), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return p_ids + t_ids, [-100] * len(p_ids) + t_ids
+
+
+def train_sft(base_model: str, rows: Sequence[dict], out_dir: str, k: int = 5, steps: int = 300,
+              batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 20,
+              grad_clip: float = 1.0, max_doc_words: int = 30, seed: int = 0, threads: int = 2,
+              log_every: int = 50, log: Callable[[str], None] = print) -> dict:
+    """Supervised fine-tuning (fp32, AdamW, linear warm-up then constant); saves safetensors + tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(max(1, threads))
+    tok = AutoTokenizer.from_pretrained(base_model)
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    model.train()
+    examples = [sft_example(tok, r, k, max_doc_words) for r in rows]
+    if not examples:
+        raise ValueError("train_sft: no SFT rows")
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
+    rng = random.Random(seed)
+    order: list[int] = []
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    t0, losses = time.perf_counter(), []
+    for step in range(steps):
+        if len(order) < batch_size:  # epochs of shuffled examples
+            order += rng.sample(range(len(examples)), len(examples))
+        batch = [examples[order.pop()] for _ in range(min(batch_size, len(examples)))]
+        width = max(len(x) for x, _ in batch)
+        ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in batch])
+        labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in batch])
+        attn = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in batch])
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if log_every and (step + 1) % log_every == 0:
+            log(f"simulator sft step {step + 1}/{steps} loss {sum(losses[-log_every:]) / log_every:.3f}")
+    model.eval()
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    return {"steps": steps, "final_loss": sum(losses[-10:]) / len(losses[-10:]),
+            "train_s": time.perf_counter() - t0, "examples": len(examples)}
+
+
+# ---------------------------------------------------------------- evaluation ----------------------
+
+def generate_docs(model_path: str, requests: Sequence[dict], k: int = 5, temperature: float = 0.8,
+                  max_new_tokens: int = 200, batch_size: int = 32, seed: int = 0, threads: int = 2) -> list[str]:
+    """HF generate for {query, question, answer, noisy} requests (left-padded batches); raw texts."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(max(1, threads))
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    outs: list[str] = []
+    for i in range(0, len(requests), batch_size):
+        chunk = requests[i:i + batch_size]
+        prompts = [encode_prompt(tok, simulator_prompt("simulate_sft", r["query"], r["question"], r["answer"],
+                                                       noisy=r["noisy"], k=k)) for r in chunk]
+        width = max(map(len, prompts))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        with torch.no_grad():
+            gen = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
+                                 do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+                                 top_p=None, top_k=None, pad_token_id=pad, eos_token_id=tok.eos_token_id)
+        outs.extend(tok.batch_decode(gen[:, width:], skip_special_tokens=True))
+    return outs
+
+
+def evaluate_simulator(model_path: str, questions: Sequence[dict], k: int = 5, temperature: float = 0.8,
+                       max_new_tokens: int = 200, seed: int = 0, threads: int = 2) -> dict:
+    """For each held-out {query?, question, golden_answers}: one useful and one noisy generation.
+    useful_hit = fraction of useful generations containing a gold answer (want high);
+    noisy_hit = the same for noisy generations (want low); well_formed = fraction with k parsed docs."""
+    from .simulator_prompts import parse_documents
+
+    reqs = []
+    for row in questions:
+        golds = _golds_of(row)
+        for noisy in (False, True):
+            reqs.append(dict(query=str(row.get("query") or row["question"]), question=str(row["question"]),
+                             answer=golds[0], golds=golds, noisy=noisy))
+    texts = generate_docs(model_path, reqs, k, temperature, max_new_tokens, seed=seed, threads=threads)
+    hit = {False: [], True: []}
+    formed = []
+    for r, t in zip(reqs, texts):
+        docs = parse_documents(t, k).docs
+        formed.append(len(docs) == k)
+        hit[r["noisy"]].append(contains_answer(" ".join(docs), r["golds"]))
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    return {"useful_hit": mean(hit[False]), "noisy_hit": mean(hit[True]), "well_formed": mean(formed),
+            "n": len(questions), "examples": [dict(query=r["query"], noisy=r["noisy"], text=t)
+                                              for r, t in list(zip(reqs, texts))[:4]]}
+
+
+# ---------------------------------------------------------------- the whole job ----------------------
+
+def split_questions(questions: Sequence[dict], heldout_frac: float, seed: int = 0) -> tuple[list, list]:
+    rows = list(questions)
+    random.Random(seed).shuffle(rows)
+    n_held = max(1, int(round(len(rows) * heldout_frac))) if heldout_frac > 0 else 0
+    return rows[n_held:], rows[:n_held]
+
+
+def run(base_model: str, out_dir: str, questions: Sequence[dict] = (), index=None, corpus: Optional[str] = None,
+        trajectories: Sequence[dict] = (), topk: int = 5, heldout_frac: float = 0.1, eval_questions: int = 100,
+        eval_temperature: float = 0.8, labeller: Labeller = answer_in_docs_label, seed: int = 0,
+        log: Callable[[str], None] = print, **train_kw) -> dict:
+    """Collect pairs -> label/balance -> write the set -> SFT -> evaluate on held-out questions."""
+    if index is None and corpus and questions:
+        from .retrieval import BM25Index
+        index = BM25Index.build(corpus)
+    train_q, held_q = split_questions(questions, heldout_frac, seed)
+    pairs = pairs_from_trajectories(trajectories)
+    if index is not None and train_q:
+        pairs += pairs_from_corpus(index, train_q, topk=topk, seed=seed)
+    if not pairs:
+        raise ValueError("simulator SFT: no (query, documents) pairs; give trajectories, or a corpus and questions")
+    rows = label_and_balance(pairs, labeller, seed)
+    data_path = write_sft_set(rows, os.path.join(out_dir, "sft_data", "train.parquet"))
+    log(f"simulator sft: {len(pairs)} pairs -> {len(rows)} balanced rows ({data_path})")
+    model_dir = os.path.join(out_dir, "model")
+    train = train_sft(base_model, rows, model_dir, k=topk, seed=seed, log=log, **train_kw)
+    result = {"model_dir": model_dir, "data": data_path, "pairs": len(pairs), "rows": len(rows), **train}
+    if held_q:
+        ev = evaluate_simulator(model_dir, held_q[:eval_questions], k=topk, temperature=eval_temperature,
+                                seed=seed, threads=train_kw.get("threads", 2))
+        result.update({f"eval_{k}": v for k, v in ev.items() if k != "examples"})
+        log(f"simulator eval on {ev['n']} held-out questions: useful contain the answer {ev['useful_hit']:.1%}, "
+            f"noisy contain it {ev['noisy_hit']:.1%}, well-formed {ev['well_formed']:.1%}")
+        with open(os.path.join(out_dir, "eval.json"), "w") as f:
+            json.dump(ev, f, indent=1)
+    return result
