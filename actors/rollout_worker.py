@@ -1,0 +1,104 @@
+"""Rollout worker: a Ray async actor hosting one policy engine and one search backend.
+
+Every trajectory is a coroutine (zs_ray.rollout.run_trajectory); the engine batches their
+generate calls, and search calls overlap with generation. New weights arrive as a full state dict
+through the object store and are reloaded in place between engine steps.
+
+GPU: the same class, given num_gpus through `.options()` and device="cuda". The weight transfer is
+still the object store (CPU tensors); an NCCL broadcast from policy rank 0 straight into vLLM is a
+TODO behind the same `update_weights` method.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any, Optional
+
+import ray
+
+from zs_ray.engine import make_engine
+from zs_ray.rollout import as_rollout_config, run_rollouts
+from zs_ray.search import BM25Search, NoSearch, SearchBackend
+
+
+def split_groups(rows: list, n_workers: int) -> list[list]:
+    """Rows spread round-robin over workers; every sample of one prompt stays on its row's worker."""
+    n = max(1, int(n_workers))
+    return [rows[w::n] for w in range(n)]
+
+
+def build_search_backend(search_cfg: dict, seed: int = 0) -> SearchBackend:
+    """bm25 / none are built here; the simulator, HTTP and hybrid clients come from zs_ray.search_clients."""
+    backend = search_cfg.get("backend", "bm25")
+    if backend == "none":
+        return NoSearch()
+    if backend == "bm25":
+        from zs_ray.retrieval import BM25Index
+
+        corpus, index_dir = search_cfg.get("corpus"), search_cfg.get("index_dir")
+        if corpus and index_dir:
+            index = BM25Index.load_or_build(corpus, index_dir)
+        elif index_dir:
+            index = BM25Index.load(index_dir)
+        elif corpus:
+            index = BM25Index.build(corpus)
+        else:
+            raise ValueError("search.backend=bm25 needs search.corpus or search.index_dir")
+        return BM25Search(index, topk=int(search_cfg.get("topk", 5)))
+    from zs_ray.search_clients import make_search_backend
+
+    return make_search_backend(search_cfg, seed)
+
+
+@ray.remote
+class RolloutWorker:
+    def __init__(self, model_path: str, rollout_cfg: dict, search_cfg: dict, worker_index: int = 0, seed: int = 0,
+                 device: str = "cpu", threads: Optional[int] = None):
+        import torch
+
+        # Threads: vLLM's CPU backend binds OMP itself; this bounds torch's intra-op pool (HF engine, tokenizer ops).
+        torch.set_num_threads(max(1, int(threads or os.environ.get("OMP_NUM_THREADS", 1))))
+        self.cfg = as_rollout_config(rollout_cfg)
+        self.search_cfg, self.worker_index, self.seed = dict(search_cfg), worker_index, seed
+        t = time.perf_counter()
+        kind = self.cfg.engine
+        kw = dict(dtype=(rollout_cfg or {}).get("dtype", "float32"), max_model_len=self.cfg.max_context_tokens,
+                  seed=seed + worker_index, max_num_seqs=self.cfg.max_num_seqs, device=device)
+        if kind == "vllm":
+            kw.update(kv_cache_gb=self.cfg.kv_cache_gb, enforce_eager=self.cfg.enforce_eager,
+                      tensor_parallel_size=self.cfg.tensor_parallel_size,
+                      gpu_memory_utilization=self.cfg.gpu_memory_utilization,
+                      quantization=(rollout_cfg or {}).get("quantization"))
+        self.engine = make_engine(kind, model_path, **kw)
+        self.search = build_search_backend(self.search_cfg, seed)
+        self.startup_s = time.perf_counter() - t
+
+    async def ready(self) -> dict:
+        """Engine up (and warmed: the first batched step is slow); returns its info."""
+        t = time.perf_counter()
+        await self.engine.generate([self.engine.tokenizer.eos_token_id or 0], max_tokens=2, temperature=0.0)
+        return {"version": self.engine.version, "pid": os.getpid(), "worker_index": self.worker_index,
+                "engine": type(self.engine).__name__, "startup_s": self.startup_s,
+                "warmup_s": time.perf_counter() - t, "search": getattr(self.search, "name", "?")}
+
+    async def rollout(self, rows: list[dict], n_samples: int, step: int, greedy: bool = False,
+                      reward_kind: str = "f1") -> list[dict]:
+        trajs = await run_rollouts(self.engine, self.search, rows, n_samples, rollout_cfg=self.cfg,
+                                   topk=int(self.search_cfg.get("topk", 5)), step=step, greedy=greedy,
+                                   reward_kind=reward_kind, seed=self.seed,
+                                   max_query_chars=int(self.search_cfg.get("max_query_chars", 512)))
+        return [t.to_dict() for t in trajs]
+
+    async def update_weights(self, state_dict: Any, version: int) -> float:
+        """Reload the full state dict in place (between engine steps); returns seconds."""
+        if isinstance(state_dict, ray.ObjectRef):  # passed nested, so Ray did not resolve it
+            state_dict = await state_dict
+        # A thread keeps this actor's event loop (in-flight trajectories, searches) running meanwhile.
+        return await asyncio.to_thread(self.engine.load_weights, state_dict, version)
+
+    def version(self) -> int:
+        return self.engine.version
+
+    async def close(self) -> None:
+        await self.search.close()
