@@ -48,13 +48,14 @@ def build_search_backend(search_cfg: dict, seed: int = 0) -> SearchBackend:
         return BM25Search(index, topk=int(search_cfg.get("topk", 5)))
     from zs_ray.search_clients import make_search_backend
 
-    return make_search_backend(search_cfg, seed)
+    # The driver puts the curriculum (with total_steps) into the search section it hands out.
+    return make_search_backend(search_cfg, search_cfg.get("curriculum"), seed)
 
 
 @ray.remote
 class RolloutWorker:
     def __init__(self, model_path: str, rollout_cfg: dict, search_cfg: dict, worker_index: int = 0, seed: int = 0,
-                 device: str = "cpu", threads: Optional[int] = None):
+                 device: str = "cpu", threads: Optional[int] = None, eval_search_cfg: Optional[dict] = None):
         import torch
 
         # Threads: vLLM's CPU backend binds OMP itself; this bounds torch's intra-op pool (HF engine, tokenizer ops).
@@ -72,6 +73,8 @@ class RolloutWorker:
                       quantization=(rollout_cfg or {}).get("quantization"))
         self.engine = make_engine(kind, model_path, **kw)
         self.search = build_search_backend(self.search_cfg, seed)
+        # Held-out evaluation during training uses real search (BM25), never the simulator.
+        self.eval_search = build_search_backend(eval_search_cfg, seed) if eval_search_cfg else None
         self.startup_s = time.perf_counter() - t
 
     async def ready(self) -> dict:
@@ -83,8 +86,9 @@ class RolloutWorker:
                 "warmup_s": time.perf_counter() - t, "search": getattr(self.search, "name", "?")}
 
     async def rollout(self, rows: list[dict], n_samples: int, step: int, greedy: bool = False,
-                      reward_kind: str = "f1") -> list[dict]:
-        trajs = await run_rollouts(self.engine, self.search, rows, n_samples, rollout_cfg=self.cfg,
+                      reward_kind: str = "f1", evaluation: bool = False) -> list[dict]:
+        search = self.eval_search if evaluation and self.eval_search is not None else self.search
+        trajs = await run_rollouts(self.engine, search, rows, n_samples, rollout_cfg=self.cfg,
                                    topk=int(self.search_cfg.get("topk", 5)), step=step, greedy=greedy,
                                    reward_kind=reward_kind, seed=self.seed,
                                    max_query_chars=int(self.search_cfg.get("max_query_chars", 512)))
@@ -99,6 +103,14 @@ class RolloutWorker:
 
     def version(self) -> int:
         return self.engine.version
+
+    def search_metrics(self) -> dict:
+        m = getattr(self.search, "metrics", None)
+        return m() if callable(m) else {}
+
+    def weights_checksum(self) -> dict:
+        """Per-parameter sums of the engine's weights (see the engine's docstring), to check a sync landed."""
+        return self.engine.weights_checksum()
 
     async def close(self) -> None:
         await self.search.close()

@@ -71,7 +71,7 @@ class SearchConfig:
 
 @dataclass
 class CurriculumConfig:
-    enabled: bool = True
+    enabled: bool = True  # false: a constant noise probability `end` from the first step (no easy-to-hard)
     start: float = 0.0
     end: float = 0.5
     base: float = 4.0
@@ -129,7 +129,8 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     resume: str = "never"  # never | auto | <checkpoint path>
     seed: int = 0
-    eval_every: int = 0
+    eval_every: int = 0  # held-out evaluation (greedy, real search) every K steps; 0 = off
+    eval_rows: int = 100  # test rows used by that evaluation
     sample_every: int = 10  # write readable sample trajectories every K steps
     sync_timeout_s: float = 120.0
     rollout_timeout_s: float = 1800.0

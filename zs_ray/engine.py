@@ -228,6 +228,15 @@ class VLLMEngine(_SerialEngine):
         self.version = int(version)
         return time.perf_counter() - t
 
+    def weights_checksum(self) -> dict[str, float]:
+        """Per-parameter sums as vLLM holds them, to check that a sync landed. On CPU vLLM repacks the
+        linear layers into kernel-specific buffers (their parameters are then empty), so only the
+        embeddings and norms are visible here; full equality is checked through greedy decoding."""
+        def _sums(worker):
+            return {n: float(p.detach().double().sum()) for n, p in worker.model_runner.get_model().named_parameters()
+                    if p.numel()}
+        return self._run_serial(lambda: self._llm.collective_rpc(_sums)[0])
+
 
 class _StopOnStrings:
     """Per-row stopping: a stop string in the row's new text or its max_tokens reached."""
@@ -339,6 +348,9 @@ class HFEngine(_SerialEngine):
         self._run_serial(_do)
         self.version = int(version)
         return time.perf_counter() - t
+
+    def weights_checksum(self) -> dict[str, float]:
+        return self._run_serial(lambda: {n: float(p.detach().double().sum()) for n, p in self.model.named_parameters()})
 
 
 def make_engine(kind: str, model_path: str, **kw):

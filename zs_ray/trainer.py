@@ -57,9 +57,13 @@ class Trainer:
                                 res("policy_worker"), r.device, cfg.trainer.seed) if a.kl_coef > 0 else None)
         self.critic = (WorkerGroup(r.policy_workers, m.critic_path or m.policy_path, algo, model, "critic",
                                    res("policy_worker"), r.device, cfg.trainer.seed) if a.name == "ppo" else None)
+        self.eval_rows = (load_dataset_files(list(cfg.data.test_files), split="test")[: cfg.trainer.eval_rows]
+                          if cfg.trainer.eval_every and cfg.data.test_files else [])
+        eval_search = self._bm25_cfg()
         self.rollout = [
             RolloutWorker.options(**res("rollout_worker")).remote(
-                m.policy_path, _plain(cfg.rollout), self.search_cfg, i, cfg.trainer.seed, r.device)
+                m.policy_path, _plain(cfg.rollout), self.search_cfg, i, cfg.trainer.seed, r.device,
+                cfg.resources.threads_per_actor, eval_search)
             for i in range(r.rollout_workers)]
         ray.get([w.ready.remote() for w in self.rollout], timeout=cfg.trainer.rollout_timeout_s)
         self.tokenizer = _tokenizer(m.policy_path)
@@ -67,11 +71,28 @@ class Trainer:
         self._resume()
 
     # ---------------------------------------------------------------- set-up helpers
+    def _bm25_cfg(self) -> Optional[dict]:
+        """Real search for held-out evaluation; the index is built once here, not raced by every worker."""
+        s = self.cfg.search
+        if not s.corpus and not s.index_dir:
+            return None
+        from .retrieval import BM25Index
+
+        index_dir = s.index_dir or os.path.join(self.out, "bm25")
+        BM25Index.load_or_build(s.corpus, index_dir) if s.corpus else BM25Index.load(index_dir)
+        return {"backend": "bm25", "corpus": s.corpus, "index_dir": index_dir, "topk": s.topk,
+                "max_query_chars": s.max_query_chars}
+
     def _start_search(self) -> dict:
         """Deploy the Serve simulator when the backend needs one and no external URL is given."""
         s = _plain(self.cfg.search)
-        s["curriculum"] = {**_plain(self.cfg.curriculum), "total_steps": self.curriculum_steps}
+        c = self.cfg.curriculum
+        # No curriculum = the final noise probability from the first step on (no easy-to-hard schedule).
+        start = c.start if c.enabled else c.end
+        s["curriculum"] = {"start": start, "end": c.end, "base": c.base, "total_steps": self.curriculum_steps}
         s["seed"] = self.cfg.trainer.seed
+        if s["backend"] == "bm25":
+            s.update(self._bm25_cfg() or {})
         if s["backend"] in ("simulate_prompt", "simulate_sft", "hybrid") and not s["urls"]:
             from actors.simulator import deploy_simulator
 
@@ -127,6 +148,8 @@ class Trainer:
         cfg, last = self.cfg, {}
         inflight = collections.deque()
         next_gen, t0, start_step = self.step, time.perf_counter(), self.step
+        if self.eval_rows and self.step == 0:  # the starting point of the held-out curve
+            self.tracker.log_metrics(self.evaluate(), step=0)
         try:
             while self.step < cfg.trainer.steps:
                 while next_gen < cfg.trainer.steps and may_launch(next_gen, self.version, cfg.trainer.staleness):
@@ -189,6 +212,8 @@ class Trainer:
         # 6. log and checkpoint
         metrics = self._metrics(fresh, batch, stats, stale_hist, t_gen, t_reward, t_update, t_sync)
         metrics["time/step"] = t_gen + (time.perf_counter() - t0)
+        if self.eval_rows and self.step % cfg.trainer.eval_every == 0:
+            metrics.update(self.evaluate())
         self.tracker.log_metrics(metrics, step=self.step)
         if cfg.trainer.sample_every and (self.step % cfg.trainer.sample_every == 0 or self.step == 1):
             self.tracker.log_text(self._samples_text(fresh[:4]), f"samples/step_{self.step:06d}.txt")
@@ -198,6 +223,24 @@ class Trainer:
         return metrics
 
     # ---------------------------------------------------------------- bookkeeping
+    def noise_p(self, step: int) -> float:
+        """The noise probability the simulator clients use at `step` (0 for real-search backends)."""
+        if self.cfg.search.backend not in ("simulate_prompt", "simulate_sft", "hybrid", "http"):
+            return 0.0
+        c = self.search_cfg["curriculum"]
+        return noise_probability(step, c["total_steps"], c["start"], c["end"], c["base"])
+
+    def evaluate(self) -> dict:
+        """Greedy rollouts on held-out rows with real search, spread over the rollout workers."""
+        import ray
+
+        parts = [self.eval_rows[w::len(self.rollout)] for w in range(len(self.rollout))]
+        refs = [w.rollout.remote(p, 1, self.step, True, "em", True) for w, p in zip(self.rollout, parts) if p]
+        trajs = [t for part in ray.get(refs, timeout=self.cfg.trainer.rollout_timeout_s) for t in part]
+        n = max(len(trajs), 1)
+        return {f"eval/{k}": sum(t["metrics"][k] for t in trajs) / n for k in ("em", "cover_em", "f1")} | {
+            "eval/searches": sum(t["searches"] for t in trajs) / n}
+
     def _metrics(self, trajs, batch, stats, stale_hist, t_gen, t_reward, t_update, t_sync) -> dict:
         n = max(len(trajs), 1)
         mask = batch["loss_mask"]
@@ -213,9 +256,7 @@ class Trainer:
             "rollout/answered": sum(t["answer"] is not None for t in trajs) / n,
             "rollout/logprob_gap": float(gap),
             "rollout/trajectories": len(trajs),
-            "curriculum/noise_p": noise_probability(self.step - 1, self.curriculum_steps, self.cfg.curriculum.start,
-                                                    self.cfg.curriculum.end, self.cfg.curriculum.base)
-            if self.cfg.curriculum.enabled else 0.0,
+            "curriculum/noise_p": self.noise_p(self.step - 1),
             "search/noisy_fraction": sum(bool(c.get("noisy")) for c in calls) / max(len(calls), 1),
             "search/failed_fraction": sum(bool(c.get("failed")) for c in calls) / max(len(calls), 1),
             "search/fallback_fraction": sum(bool(c.get("fallback")) for c in calls) / max(len(calls), 1),
@@ -244,8 +285,7 @@ class Trainer:
                 self.critic.save_checkpoint(os.path.join(d, "critic"))
 
         state = {"step": self.step, "version": self.version, "consumed": self.consumed,
-                 "noise_p": noise_probability(self.step, self.curriculum_steps, self.cfg.curriculum.start,
-                                              self.cfg.curriculum.end, self.cfg.curriculum.base)}
+                 "noise_p": self.noise_p(self.step)}
         path = ckpt.save(self.ckpt_root, self.step, state, parts, self.cfg.trainer.keep_checkpoints)
         self.progress(f"[ckpt] {path}")
         return path
