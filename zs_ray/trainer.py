@@ -198,7 +198,7 @@ class Trainer:
             ref_lp = batch.get("ref_logprobs", batch["old_logprobs"])
             tok_r = ppo_token_rewards(scores, batch["old_logprobs"], ref_lp, batch["loss_mask"], a.kl_in_reward_beta)
             batch["advantages"], batch["returns"] = gae(tok_r, values, batch["loss_mask"], a.gamma, a.lam)
-            batch["old_values"] = values
+            batch["values"] = values  # old values, for the clipped value loss
         # 4. update the policy (and critic)
         stats = self.policy.update(batch)
         if self.critic is not None:
