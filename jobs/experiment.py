@@ -1,0 +1,26 @@
+"""`zs-ray experiment table [--out DIR] [--preset full|smoke] [--seed N] [--rows NAME ...]`: the paper's
+table in miniature (warm start, equal-compute SFT, GRPO with real search, ZeroSearch, prompt-based
+simulator, no curriculum, PPO, REINFORCE, no search at test time) as markdown, CSV and a PNG plot."""
+import argparse
+import sys
+
+
+def main(argv):
+    p = argparse.ArgumentParser(prog="zs-ray experiment", description=__doc__)
+    p.add_argument("action", choices=["table"])
+    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--preset", default="full", choices=["full", "smoke"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rows", nargs="*", default=None, help="only these RL rows (names as in the table)")
+    a = p.parse_args(argv)
+    from zs_ray.runtime import apply_local_env
+
+    apply_local_env()
+    from zs_ray.experiment import run_table
+
+    run_table(a.out, a.preset, a.seed, a.rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

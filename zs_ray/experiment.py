@@ -1,0 +1,139 @@
+"""The paper's table in miniature: every row with the same world, seeds and RL budget.
+
+Rows (issue 10): the warm start; the warm start + more SFT with the same number of trajectories as
+RL (the honest baseline); GRPO with real BM25 search (Search-R1); GRPO with the fine-tuned simulator
+and the curriculum (ZeroSearch); the prompt-based simulator; no curriculum; PPO and REINFORCE; and
+the ZeroSearch policy evaluated without search. Held-out EM uses real BM25 search at test time.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+
+from .quickstart import PRESETS, build_prior, evaluate, quickstart_config, train_simulator
+
+RL_ROWS = {
+    # name: config overrides of the GRPO run
+    "GRPO + real BM25 search": ["search.backend=bm25"],
+    "GRPO + simulate_sft + curriculum": [],
+    "GRPO + simulate_prompt + curriculum": ["search.backend=simulate_prompt", "search.simulator_model={out}/policy_pre"],
+    "GRPO + simulate_sft, no curriculum": ["curriculum.enabled=false"],
+    "PPO + simulate_sft + curriculum": ["algorithm.name=ppo"],
+    "REINFORCE + simulate_sft + curriculum": ["algorithm.name=reinforce"],
+}
+
+
+def _history(cfg, run_name: str) -> list[tuple[int, float]]:
+    """Held-out EM over training steps, read back from the run's MLflow metrics."""
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.runName = '{run_name}'",
+                              order_by=["start_time DESC"], max_results=1, output_format="list") if exp else []
+    if not runs:
+        return []
+    hist = mlflow.tracking.MlflowClient().get_metric_history(runs[0].info.run_id, "eval/em")
+    return sorted((m.step, m.value) for m in hist)
+
+
+def _sft_baseline(out: str, cfg, n_demos: int, seed: int, progress) -> str:
+    """More warm-start SFT from the warm start, as many demonstrations as RL samples trajectories."""
+    from transformers import AutoTokenizer
+
+    from .sft import encode_chat_example, sft_train
+
+    tok = AutoTokenizer.from_pretrained(f"{out}/policy_warm")
+    demos = [json.loads(line) for line in open(f"{out}/world/world/warmstart.jsonl")]
+    exs = [encode_chat_example(tok, d["prompt"], d["response"]) for d in demos]
+    sft_train(f"{out}/policy_warm", exs, tokenizer=tok, steps=max(1, n_demos // 8), lr=1e-3, batch_size=8,
+              warmup=1, seed=seed + 1, threads=2, out_dir=f"{out}/policy_more_sft", progress=progress,
+              label="sft-baseline", log_every=100)
+    return f"{out}/policy_more_sft"
+
+
+def run_table(out: str = "runs/quickstart", preset: str = "full", seed: int = 0, rows=None, progress=print) -> dict:
+    from omegaconf import OmegaConf
+
+    from .evaluation import AVERAGE, run_evaluation
+    from .search import NoSearch
+    from .trainer import run as train
+    from .tracking import Tracker
+    from .world import build_world_assets
+
+    out, b, t0 = os.path.abspath(out), PRESETS[preset], time.perf_counter()
+    base = [f"trainer.steps={b['rl_steps']}", f"trainer.seed={seed}", "trainer.eval_every=5",
+            f"trainer.eval_rows={b['eval_rows']}", "tracking.experiment=zs-ray-table"]
+    cfg = quickstart_config(out, base)
+    if not os.path.exists(f"{out}/simulator_sft/model.safetensors"):  # reuse the quickstart's prior and simulator
+        build_world_assets(f"{out}/world", seed=seed)
+        build_prior(out, b["pretrain_steps"], b["warm_steps"], seed, progress)
+        train_simulator(out, b["sim_steps"], seed, progress)
+    results, curves = {}, {}
+    a = lambda s: s.get(AVERAGE) or next(iter(s.values()))  # noqa: E731
+    progress("\n=== [table] prior + warm start")
+    results["prior + warm start"] = a(evaluate(cfg, f"{out}/policy_warm", b["eval_rows"], "table_warm"))
+    n_traj = b["rl_steps"] * cfg.trainer.prompts_per_step * cfg.rollout.n_samples
+    progress(f"\n=== [table] warm start + more SFT ({n_traj} demonstrations = RL's trajectories)")
+    results["warm start + more SFT, same compute as RL"] = a(
+        evaluate(cfg, _sft_baseline(out, cfg, n_traj, seed, progress), b["eval_rows"], "table_sft"))
+    for name, ovs in RL_ROWS.items():
+        if rows and name not in rows:
+            continue
+        progress(f"\n=== [table] {name}")
+        slug = "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+        rcfg = quickstart_config(out, base + [o.format(out=out) for o in ovs] + [
+            f"trainer.output_dir={out}/table/{slug}", f"tracking.run_name={name}"])
+        train(rcfg, progress)
+        results[name] = a(evaluate(rcfg, f"{out}/table/{slug}/policy_hf", b["eval_rows"], f"table_{slug}"))
+        curves[name] = _history(rcfg, name)
+    zs = f"{out}/table/{'grpo_simulate_sft_curriculum'}/policy_hf"
+    if os.path.isdir(zs):
+        progress("\n=== [table] no search at test time")
+        c = OmegaConf.merge(cfg, {"model": {"policy_path": zs}})
+        res = run_evaluation(c, mode="agent", max_rows=b["eval_rows"], search=NoSearch(), progress=False,
+                             out_dir=f"{out}/eval_table_nosearch")
+        results["ZeroSearch policy, no search at test time"] = a(res["summary"])
+    elapsed = time.perf_counter() - t0
+    paths = write_table(results, curves, f"{out}/table", elapsed, preset)
+    tracker = Tracker(OmegaConf.merge(cfg, {"tracking": {"run_name": "table"}}))
+    for p in paths.values():
+        tracker.log_artifact(p, "table")
+    tracker.finish()
+    progress("\n" + open(paths["markdown"]).read())
+    return {"results": results, "curves": curves, "paths": paths, "seconds": elapsed}
+
+
+def write_table(results: dict, curves: dict, out_dir: str, seconds: float, preset: str) -> dict:
+    os.makedirs(out_dir, exist_ok=True)
+    md = [f"Held-out EM with real BM25 search at test time (preset `{preset}`, {seconds / 60:.0f} min, "
+          f"{time.strftime('%Y-%m-%d')}).", "",
+          "| row | EM | cover-EM | F1 | searches/question |", "|---|---|---|---|---|"]
+    for name, a in results.items():
+        md.append(f"| {name} | {100 * a['em']:.1f} | {100 * a['cover_em']:.1f} | {100 * a['f1']:.1f} | "
+                  f"{a['searches']:.2f} |")
+    paths = {"markdown": f"{out_dir}/table.md", "csv": f"{out_dir}/table.csv", "plot": f"{out_dir}/em_over_steps.png"}
+    open(paths["markdown"], "w").write("\n".join(md) + "\n")
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["row", "em", "cover_em", "f1", "searches"])
+        for name, a in results.items():
+            w.writerow([name, a["em"], a["cover_em"], a["f1"], a["searches"]])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, pts in curves.items():
+        if pts:
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=name)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("held-out EM (BM25 search)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(paths["plot"], dpi=100)
+    plt.close(fig)
+    return paths

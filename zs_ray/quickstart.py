@@ -1,0 +1,138 @@
+"""The CPU quickstart: the whole method, end to end, on one 2-core machine.
+
+Stages: world (+ tokenizer + tiny models) -> policy prior (copy pre-training, then a format warm start
+on clean single-search demonstrations) -> simulator fine-tuning -> held-out evaluation of the warm
+start with real BM25 search -> GRPO with the fine-tuned simulator under the noise curriculum through
+the real stack (Ray actors, FSDP2, vLLM rollout workers, the Serve simulator, MLflow) -> held-out
+evaluation of the trained policy -> a results table.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Optional
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+DEFAULT_CONFIG = os.path.join(REPO, "configs", "cpu_default.yaml")
+
+# Budgets (optimiser steps / RL steps). "full" is the quickstart; "smoke" is for tests.
+PRESETS = {
+    "full": dict(pretrain_steps=600, warm_steps=300, sim_steps=400, rl_steps=30, eval_rows=200),
+    "smoke": dict(pretrain_steps=20, warm_steps=20, sim_steps=20, rl_steps=2, eval_rows=8),
+}
+
+
+class Stages:
+    """Progress display: stage, elapsed, and time left from the stage weights."""
+
+    def __init__(self, weights: dict[str, float], progress=print):
+        self.weights, self.progress, self.t0, self.done = weights, progress, time.perf_counter(), 0.0
+        self.times: dict[str, float] = {}
+
+    def run(self, name: str, fn, *args, **kw):
+        total = sum(self.weights.values())
+        elapsed = time.perf_counter() - self.t0
+        left = f", ~{elapsed / self.done * (total - self.done):.0f}s left" if self.done else ""
+        self.progress(f"\n=== [{name}] ({elapsed:.0f}s elapsed{left})")
+        t = time.perf_counter()
+        out = fn(*args, **kw)
+        self.times[name] = time.perf_counter() - t
+        self.done += self.weights.get(name, 0)
+        return out
+
+
+def quickstart_config(out: str, overrides: Optional[list[str]] = None, config_path: str = DEFAULT_CONFIG):
+    from .config import load_config
+
+    paths = [f"data.train_files=[{out}/world/world/train.parquet]",
+             f"data.test_files=[{out}/world/world/test.parquet]",
+             f"model.policy_path={out}/policy_warm", f"search.simulator_model={out}/simulator_sft",
+             f"search.corpus={out}/world/world/corpus.jsonl", f"search.index_dir={out}/bm25",
+             f"trainer.output_dir={out}/grpo", f"tracking.uri=sqlite:///{out}/mlflow.db"]
+    return load_config(config_path, paths + list(overrides or []))
+
+
+def build_prior(out: str, pretrain_steps: int, warm_steps: int, seed: int = 0, progress=print) -> dict:
+    """Copy pre-training on drills (LEARNING_NOTES: copying is the bottleneck), then the format warm start."""
+    from transformers import AutoTokenizer
+
+    from .sft import encode_chat_example, encode_text_example, sft_train
+    from .world import PRETRAIN_SEPARATOR
+
+    tok = AutoTokenizer.from_pretrained(f"{out}/world/tokenizer")
+    texts = [t for t in open(f"{out}/world/world/pretrain.txt").read().split(PRETRAIN_SEPARATOR) if t.strip()]
+    pre = sft_train(f"{out}/world/policy", [encode_text_example(tok, t) for t in texts], tokenizer=tok,
+                    steps=pretrain_steps, lr=2e-3, batch_size=8, warmup=50, seed=seed, threads=2,
+                    out_dir=f"{out}/policy_pre", progress=progress, label="pretrain", log_every=100)
+    demos = [json.loads(line) for line in open(f"{out}/world/world/warmstart.jsonl")]
+    warm = sft_train(f"{out}/policy_pre", [encode_chat_example(tok, d["prompt"], d["response"]) for d in demos],
+                     tokenizer=tok, steps=warm_steps, lr=1e-3, batch_size=8, warmup=20, seed=seed, threads=2,
+                     out_dir=f"{out}/policy_warm", progress=progress, label="warm-start", log_every=100)
+    return {"pretrain_loss": pre["final_loss"], "warm_loss": warm["final_loss"],
+            "prior_seconds": pre["seconds"] + warm["seconds"],
+            "prior_tokens": pre["trained_tokens"] + warm["trained_tokens"]}
+
+
+def train_simulator(out: str, steps: int, seed: int = 0, progress=print) -> dict:
+    import shutil
+
+    from .data import load_rows
+    from .simulator_sft import run
+
+    rows = load_rows(f"{out}/world/world/train.parquet")
+    res = run(f"{out}/world/simulator", f"{out}/simulator_job", questions=rows,
+              corpus=f"{out}/world/world/corpus.jsonl", topk=3, steps=steps, seed=seed, log=progress,
+              eval_questions=50)
+    shutil.rmtree(f"{out}/simulator_sft", ignore_errors=True)
+    shutil.copytree(res["model_dir"], f"{out}/simulator_sft")
+    return {k: v for k, v in res.items() if isinstance(v, (int, float, str))}
+
+
+def evaluate(cfg, model_path: str, max_rows: int, name: str, mode: str = "agent") -> dict:
+    from omegaconf import OmegaConf
+
+    from .evaluation import run_evaluation
+
+    c = OmegaConf.merge(cfg, {"model": {"policy_path": model_path}, "search": {"backend": "bm25"}})
+    res = run_evaluation(c, mode=mode, max_rows=max_rows, out_dir=os.path.join(cfg.trainer.output_dir, os.pardir,
+                                                                                f"eval_{name}"), progress=False)
+    return res["summary"]
+
+
+def run(out: str = "runs/quickstart", preset: str = "full", seed: int = 0, overrides=None, progress=print) -> dict:
+    from .world import build_world_assets
+
+    out = os.path.abspath(out)
+    b = PRESETS[preset]
+    cfg = quickstart_config(out, [f"trainer.steps={b['rl_steps']}", f"trainer.seed={seed}"] + list(overrides or []))
+    st = Stages({"world": 1, "prior": 25, "simulator": 15, "eval warm start": 8, "grpo": 40, "eval grpo": 8}, progress)
+    results: dict = {"preset": preset, "seed": seed}
+    st.run("world", build_world_assets, f"{out}/world", seed=seed)
+    results.update(st.run("prior", build_prior, out, b["pretrain_steps"], b["warm_steps"], seed, progress))
+    results["simulator"] = st.run("simulator", train_simulator, out, b["sim_steps"], seed, progress)
+    warm = st.run("eval warm start", evaluate, cfg, f"{out}/policy_warm", b["eval_rows"], "warm")
+    from .trainer import run as train
+
+    last = st.run("grpo", train, cfg, progress)
+    final = st.run("eval grpo", evaluate, cfg, f"{out}/grpo/policy_hf", b["eval_rows"], "grpo")
+    results.update({"warm": warm, "grpo": final, "grpo_last_step": last, "stage_seconds": st.times})
+    table = results_table({"prior + warm start": warm, "GRPO + simulate_sft + curriculum": final})
+    results["table"] = table
+    progress("\n" + table)
+    progress(f"\nMLflow: mlflow ui --backend-store-uri sqlite:///{out}/mlflow.db --host 127.0.0.1  "
+             f"(then open http://127.0.0.1:5000, experiment '{cfg.tracking.experiment}')")
+    with open(f"{out}/results.json", "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    return results
+
+
+def results_table(rows: dict[str, dict]) -> str:
+    lines = ["| row | held-out EM | cover-EM | F1 | searches/question |", "|---|---|---|---|---|"]
+    for name, summ in rows.items():
+        from .evaluation import AVERAGE
+
+        a = summ.get(AVERAGE) or next(iter(summ.values()))
+        lines.append(f"| {name} | {100 * a['em']:.1f} | {100 * a['cover_em']:.1f} | {100 * a['f1']:.1f} | "
+                     f"{a.get('searches', float('nan')):.2f} |")
+    return "\n".join(lines)
