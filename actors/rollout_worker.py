@@ -19,7 +19,7 @@ import ray
 
 from zs_ray.engine import make_engine
 from zs_ray.rollout import as_rollout_config, run_rollouts
-from zs_ray.search import BM25Search, NoSearch, SearchBackend
+from zs_ray.search import NoSearch, SearchBackend
 
 
 def split_groups(rows: list, n_workers: int) -> list[list]:
@@ -29,23 +29,9 @@ def split_groups(rows: list, n_workers: int) -> list[list]:
 
 
 def build_search_backend(search_cfg: dict, seed: int = 0) -> SearchBackend:
-    """bm25 / none are built here; the simulator, HTTP and hybrid clients come from zs_ray.search_clients."""
-    backend = search_cfg.get("backend", "bm25")
-    if backend == "none":
+    """`none` for the no-search baseline; every other backend comes from zs_ray.search_clients."""
+    if search_cfg.get("backend") == "none":
         return NoSearch()
-    if backend == "bm25":
-        from zs_ray.retrieval import BM25Index
-
-        corpus, index_dir = search_cfg.get("corpus"), search_cfg.get("index_dir")
-        if corpus and index_dir:
-            index = BM25Index.load_or_build(corpus, index_dir)
-        elif index_dir:
-            index = BM25Index.load(index_dir)
-        elif corpus:
-            index = BM25Index.build(corpus)
-        else:
-            raise ValueError("search.backend=bm25 needs search.corpus or search.index_dir")
-        return BM25Search(index, topk=int(search_cfg.get("topk", 5)))
     from zs_ray.search_clients import make_search_backend
 
     # The driver puts the curriculum (with total_steps) into the search section it hands out.

@@ -81,7 +81,9 @@ def train_simulator(out: str, steps: int, seed: int = 0, progress=print) -> dict
     from .simulator_sft import run
 
     rows = load_rows(f"{out}/world/world/train.parquet")
-    res = run(f"{out}/world/simulator", f"{out}/simulator_job", questions=rows,
+    # Start from the copy-pre-trained model: a useful document must copy the answer from the prompt, the
+    # same skill the policy needs (from random init the tiny simulator memorises instead of copying).
+    res = run(f"{out}/policy_pre", f"{out}/simulator_job", questions=rows,
               corpus=f"{out}/world/world/corpus.jsonl", topk=3, steps=steps, seed=seed, log=progress,
               eval_questions=50)
     shutil.rmtree(f"{out}/simulator_sft", ignore_errors=True)

@@ -18,7 +18,6 @@ import json
 import os
 import random
 import re
-import time
 from typing import Callable, Iterable, Optional, Sequence
 
 from .protocol import render_documents
@@ -184,45 +183,24 @@ def train_sft(base_model: str, rows: Sequence[dict], out_dir: str, k: int = 5, s
               batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 20,
               grad_clip: float = 1.0, max_doc_words: int = 30, seed: int = 0, threads: int = 2,
               log_every: int = 50, log: Callable[[str], None] = print) -> dict:
-    """Supervised fine-tuning (fp32, AdamW, linear warm-up then constant); saves safetensors + tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Fine-tune on the SFT set with the project's one SFT loop (zs_ray/sft.py); loss on documents only."""
+    from transformers import AutoTokenizer
 
-    torch.manual_seed(seed)
-    torch.set_num_threads(max(1, threads))
+    from .sft import Example, sft_train
+
     tok = AutoTokenizer.from_pretrained(base_model)
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
-    model.train()
-    examples = [sft_example(tok, r, k, max_doc_words) for r in rows]
+    examples = []
+    for r in rows:
+        ids, labels = sft_example(tok, r, k, max_doc_words)
+        examples.append(Example(ids, [int(lab != -100) for lab in labels]))
     if not examples:
         raise ValueError("train_sft: no SFT rows")
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
-    rng = random.Random(seed)
-    order: list[int] = []
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    t0, losses = time.perf_counter(), []
-    for step in range(steps):
-        if len(order) < batch_size:  # epochs of shuffled examples
-            order += rng.sample(range(len(examples)), len(examples))
-        batch = [examples[order.pop()] for _ in range(min(batch_size, len(examples)))]
-        width = max(len(x) for x, _ in batch)
-        ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in batch])
-        labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in batch])
-        attn = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in batch])
-        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0:
-            log(f"simulator sft step {step + 1}/{steps} loss {sum(losses[-log_every:]) / log_every:.3f}")
-    model.eval()
-    os.makedirs(out_dir, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tok.save_pretrained(out_dir)
-    return {"steps": steps, "final_loss": sum(losses[-10:]) / len(losses[-10:]),
-            "train_s": time.perf_counter() - t0, "examples": len(examples)}
+    res = sft_train(base_model, examples, tokenizer=tok, out_dir=out_dir, steps=steps, lr=lr,
+                    batch_size=min(batch_size, len(examples)), weight_decay=weight_decay, warmup=warmup_steps,
+                    grad_clip=grad_clip, seed=seed, threads=threads, log_every=log_every, progress=log,
+                    label="simulator sft")
+    return {"steps": res["steps"], "final_loss": res["final_loss"], "train_s": res["seconds"],
+            "examples": len(examples)}
 
 
 # ---------------------------------------------------------------- evaluation ----------------------
