@@ -26,6 +26,7 @@ class SearchError(RuntimeError):
 class _Counters:
     def __init__(self):
         self.calls = self.noisy = self.failures = self.retries = self.fallbacks = self.empty = 0
+        self.dropped_chars = 0  # simulator text outside any usable `Doc i:` block (parsed away)
         self.latency = 0.0
 
     def metrics(self, prefix: str = "search/") -> dict:
@@ -34,6 +35,7 @@ class _Counters:
                 f"{prefix}failures": self.failures, f"{prefix}fail_frac": self.failures / n,
                 f"{prefix}retries": self.retries, f"{prefix}fallbacks": self.fallbacks,
                 f"{prefix}fallback_frac": self.fallbacks / n, f"{prefix}empty_frac": self.empty / n,
+                f"{prefix}dropped_chars": self.dropped_chars,
                 f"{prefix}mean_latency_s": self.latency / n}
 
 
@@ -158,6 +160,7 @@ class SimulatorSearch(_SimulatorBase):
         except asyncio.TimeoutError:
             resp.cancel()
             raise
+        self.counters.dropped_chars += int(out.get("dropped_chars") or 0)
         return out["docs"], out.get("mean_logprob")
 
 
@@ -263,8 +266,9 @@ class OpenAISimulatorSearch(_SimulatorBase):
         choice = out["choices"][0]
         content = (choice.get("logprobs") or {}).get("content") or []
         lps = [float(t["logprob"]) for t in content if t.get("logprob") is not None]
-        return parse_documents(choice["message"]["content"] or "", self.topk).docs, (
-            sum(lps) / len(lps) if lps else None)
+        parsed = parse_documents(choice["message"]["content"] or "", self.topk)
+        self.counters.dropped_chars += parsed.dropped_chars
+        return parsed.docs, (sum(lps) / len(lps) if lps else None)
 
     async def close(self):
         await self.http.close()

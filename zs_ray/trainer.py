@@ -23,10 +23,15 @@ from .schedule import may_launch, may_train, prompts_for_step
 from .tracking import Tracker
 
 log = logging.getLogger("zs_ray.trainer")
+MAX_ROLLOUT_RESTARTS = 3  # per rollout call: a worker that keeps dying is an error, not a loop
 
 
 class SyncError(RuntimeError):
     pass
+
+
+class PolicyWorkerError(RuntimeError):
+    """A policy / reference / critic worker died: the run stops; resume with trainer.resume=auto."""
 
 
 class Trainer:
@@ -44,6 +49,7 @@ class Trainer:
         save_config(cfg, os.path.join(self.out, "config.yaml"))
         self.rows = load_dataset_files(list(cfg.data.train_files), split="train")  # validated before any actor starts
         init_ray(num_cpus=cfg.resources.num_cpus)
+        _bound_mlflow_http(cfg.tracking.uri)
         self.tracker = Tracker(cfg)
         self.ckpt_root = os.path.join(self.out, "checkpoints")
         self.curriculum_steps = cfg.curriculum.total_steps or cfg.trainer.steps
@@ -60,14 +66,14 @@ class Trainer:
         self.eval_rows = (load_dataset_files(list(cfg.data.test_files), split="test")[: cfg.trainer.eval_rows]
                           if cfg.trainer.eval_every and cfg.data.test_files else [])
         eval_search = self._bm25_cfg()
-        self.rollout = [
-            RolloutWorker.options(**res("rollout_worker")).remote(
-                m.policy_path, _plain(cfg.rollout), self.search_cfg, i, cfg.trainer.seed, r.device,
-                cfg.resources.threads_per_actor, eval_search)
-            for i in range(r.rollout_workers)]
+        # Kept so a dead rollout worker can be replaced by an identical one (_restart_rollout).
+        self._new_rollout = lambda i: RolloutWorker.options(**res("rollout_worker")).remote(  # noqa: E731
+            m.policy_path, _plain(cfg.rollout), self.search_cfg, i, cfg.trainer.seed, r.device,
+            cfg.resources.threads_per_actor, eval_search)
+        self.rollout = [self._new_rollout(i) for i in range(r.rollout_workers)]
         ray.get([w.ready.remote() for w in self.rollout], timeout=cfg.trainer.rollout_timeout_s)
         self.tokenizer = _tokenizer(m.policy_path)
-        self.step, self.version, self.consumed = 0, 0, []
+        self.step, self.version, self.consumed, self.rollout_restarts = 0, 0, [], 0
         self._resume()
 
     # ---------------------------------------------------------------- set-up helpers
@@ -123,19 +129,67 @@ class Trainer:
                                self.cfg.trainer.seed, self.cfg.data.shuffle)
         rows = [self.rows[i] for i in idx]
         parts = [rows[w::len(self.rollout)] for w in range(len(self.rollout))]
-        refs = [w.rollout.remote(p, self.cfg.rollout.n_samples, gen_step, False, self.cfg.algorithm.reward)
-                for w, p in zip(self.rollout, parts) if p]
-        return gen_step, refs, time.perf_counter()
+        jobs = self._submit(parts, (self.cfg.rollout.n_samples, gen_step, False, self.cfg.algorithm.reward))
+        return gen_step, [j[-1] for j in jobs], time.perf_counter(), jobs  # refs, then what _collect re-runs
+
+    def _submit(self, parts: list, args: tuple) -> list:
+        """One rollout call per worker with a non-empty part: (worker index, handle, part, args, ref)."""
+        return [(i, self.rollout[i], p, args, self.rollout[i].rollout.remote(p, *args))
+                for i, p in enumerate(parts) if p]
+
+    def _collect(self, jobs: list) -> list[dict]:
+        """The trajectories of `_submit`'s calls, in order. A worker that died is replaced by a fresh one
+        holding the current weights, which re-runs exactly the lost part (same rows, step and seeds)."""
+        import ray
+
+        out = []
+        for i, handle, part, args, ref in jobs:
+            for attempt in range(MAX_ROLLOUT_RESTARTS + 1):
+                try:
+                    out.extend(ray.get(ref, timeout=self.cfg.trainer.rollout_timeout_s))
+                    break
+                except ray.exceptions.RayActorError as e:
+                    if attempt == MAX_ROLLOUT_RESTARTS:
+                        raise RuntimeError(f"rollout worker {i} died {attempt + 1} times in one call") from e
+                    if self.rollout[i] is handle:  # not replaced yet (by an earlier call's failure)
+                        self._restart_rollout(i, e)
+                    handle = self.rollout[i]
+                    ref = handle.rollout.remote(part, *args)
+        return out
+
+    def _restart_rollout(self, i: int, err: BaseException) -> None:
+        """Replace rollout worker i (same constructor args) and give it the current weights before it serves."""
+        import ray
+
+        self.rollout_restarts += 1
+        self.progress(f"[fault] rollout worker {i} died ({type(err).__name__}); restarting it at policy "
+                      f"version {self.version}")
+        log.warning("rollout worker %d died: %s", i, str(err).splitlines()[0] if str(err) else type(err).__name__)
+        try:
+            ray.kill(self.rollout[i])
+        except Exception:
+            pass
+        w = self._new_rollout(i)
+        ray.get(w.ready.remote(), timeout=self.cfg.trainer.rollout_timeout_s)
+        ray.get(w.update_weights.remote(self.policy.state_dict_ref(), self.version),
+                timeout=self.cfg.trainer.sync_timeout_s)
+        self.rollout[i] = w
 
     def sync_weights(self) -> float:
-        """Full weights to every rollout worker via the object store; a timeout is an error, not a hang."""
+        """Full weights to every rollout worker via the object store; a timeout is an error, not a hang.
+        A rollout worker found dead here is restarted (and gets the weights as it starts)."""
         import ray
 
         t = time.perf_counter()
         ref = self.policy.state_dict_ref()
+        calls = [(i, w, w.update_weights.remote(ref, self.version)) for i, w in enumerate(self.rollout)]
         try:
-            ray.get([w.update_weights.remote(ref, self.version) for w in self.rollout],
-                    timeout=self.cfg.trainer.sync_timeout_s)
+            for i, w, r in calls:
+                try:
+                    ray.get(r, timeout=max(1.0, self.cfg.trainer.sync_timeout_s - (time.perf_counter() - t)))
+                except ray.exceptions.RayActorError as e:
+                    if self.rollout[i] is w:
+                        self._restart_rollout(i, e)
         except ray.exceptions.GetTimeoutError:
             raise SyncError(f"weight sync to {len(self.rollout)} rollout worker(s) did not finish in "
                             f"{self.cfg.trainer.sync_timeout_s:g} s (trainer.sync_timeout_s)") from None
@@ -155,9 +209,9 @@ class Trainer:
                 while next_gen < cfg.trainer.steps and may_launch(next_gen, self.version, cfg.trainer.staleness):
                     inflight.append(self._launch(next_gen))
                     next_gen += 1
-                gen_step, refs, t_launch = inflight.popleft()
+                gen_step, _refs, t_launch, jobs = inflight.popleft()
                 assert gen_step == self.step
-                trajs = [t for part in ray.get(refs, timeout=cfg.trainer.rollout_timeout_s) for t in part]
+                trajs = self._collect(jobs)
                 t_gen = time.perf_counter() - t_launch
                 last = self.train_step(trajs, t_gen)
                 done = self.step - start_step
@@ -166,6 +220,11 @@ class Trainer:
                               f"em {last['reward/em']:.3f}  searches {last['rollout/searches']:.2f}  "
                               f"p_noise {last['curriculum/noise_p']:.3f}  {last['time/step']:.1f}s/step  "
                               f"eta {eta:.0f}s")
+        except ray.exceptions.RayActorError as e:  # rollout workers are restarted in _collect: a policy-side actor
+            self.tracker.finish("FAILED")
+            raise PolicyWorkerError(f"{self._which_actor(e)} died at step {self.step}: the run stops. Resume from "
+                                    f"the last checkpoint ({ckpt.latest(self.ckpt_root) or 'none yet'}) with "
+                                    f"trainer.resume=auto; steps after it are redone.") from e
         except BaseException:
             self.tracker.finish("FAILED")
             raise
@@ -232,11 +291,8 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Greedy rollouts on held-out rows with real search, spread over the rollout workers."""
-        import ray
-
         parts = [self.eval_rows[w::len(self.rollout)] for w in range(len(self.rollout))]
-        refs = [w.rollout.remote(p, 1, self.step, True, "em", True) for w, p in zip(self.rollout, parts) if p]
-        trajs = [t for part in ray.get(refs, timeout=self.cfg.trainer.rollout_timeout_s) for t in part]
+        trajs = self._collect(self._submit(parts, (1, self.step, True, "em", True)))
         n = max(len(trajs), 1)
         return {f"eval/{k}": sum(t["metrics"][k] for t in trajs) / n for k in ("em", "cover_em", "f1")} | {
             "eval/searches": sum(t["searches"] for t in trajs) / n}
@@ -244,7 +300,6 @@ class Trainer:
     def _metrics(self, trajs, batch, stats, stale_hist, t_gen, t_reward, t_update, t_sync) -> dict:
         n = max(len(trajs), 1)
         mask = batch["loss_mask"]
-        calls = [c for t in trajs for c in t.get("search_calls", [])]
         gap = ((batch["rollout_logprobs"] - batch["old_logprobs"]).abs() * mask).sum() / mask.sum().clamp(min=1)
         gen_tokens = float(mask.sum())
         m = {
@@ -257,9 +312,8 @@ class Trainer:
             "rollout/logprob_gap": float(gap),
             "rollout/trajectories": len(trajs),
             "curriculum/noise_p": self.noise_p(self.step - 1),
-            "search/noisy_fraction": sum(bool(c.get("noisy")) for c in calls) / max(len(calls), 1),
-            "search/failed_fraction": sum(bool(c.get("failed")) for c in calls) / max(len(calls), 1),
-            "search/fallback_fraction": sum(bool(c.get("fallback")) for c in calls) / max(len(calls), 1),
+            **search_call_metrics(trajs),
+            "faults/rollout_restarts": self.rollout_restarts,
             "time/generation": t_gen, "time/search": sum(t.get("search_s", 0.0) for t in trajs) / n,
             "time/reward": t_reward, "time/update": t_update, "time/sync": t_sync,
             "throughput/gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
@@ -294,6 +348,15 @@ class Trainer:
         self.policy.export_hf(out_dir, self.cfg.model.policy_path)
         return out_dir
 
+    def _which_actor(self, err: BaseException) -> str:
+        """'policy worker (role actor, rank 0)' for the policy-side actor named by a RayActorError."""
+        dead = getattr(err, "actor_id", None)
+        for g in (self.policy, self.ref, self.critic):
+            for rank, w in enumerate(g.workers if g is not None else []):
+                if dead and w._actor_id.hex() == dead:
+                    return f"policy worker (role {g.role}, rank {rank})"
+        return "a policy worker"
+
     def shutdown(self) -> None:
         import ray
 
@@ -302,6 +365,21 @@ class Trainer:
         for g in (self.policy, self.ref, self.critic):
             if g is not None:
                 g.shutdown()
+
+
+def search_call_metrics(trajs: list[dict]) -> dict:
+    """Fractions of the search calls that were noisy, failed (no-information text) or fell back to real search."""
+    calls = [c for t in trajs for c in t.get("search_calls", [])]
+    n = max(len(calls), 1)
+    return {f"search/{k}_fraction": sum(bool(c.get(k)) for c in calls) / n for k in ("noisy", "failed", "fallback")}
+
+
+def _bound_mlflow_http(uri: Optional[str]) -> None:
+    """An unreachable MLflow server must cost seconds, not minutes of MLflow's own HTTP retries."""
+    if uri and uri.startswith(("http://", "https://")):
+        for k, v in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                     ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")):
+            os.environ.setdefault(k, v)
 
 
 def _plain(node) -> dict:
