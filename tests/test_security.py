@@ -72,9 +72,6 @@ def test_policy_weights_load_from_safetensors():
     assert loads and all(ast.unparse(_kw(n, "use_safetensors") or ast.Constant(None)) == "True" for _, n in loads)
 
 
-@pytest.mark.xfail(strict=True, reason="owned elsewhere: the HF rollout engine (zs_ray/engine.py) and the SFT "
-                                       "helpers (zs_ray/sft.py, zs_ray/simulator_sft.py) do not pass "
-                                       "use_safetensors=True yet; strict: remove this marker once they do")
 def test_every_model_load_uses_safetensors():
     missing = [w for w, n in _model_loads() if ast.unparse(_kw(n, "use_safetensors") or ast.Constant(None)) != "True"]
     assert not missing, f"AutoModel*.from_pretrained without use_safetensors=True: {missing}"

@@ -279,7 +279,8 @@ class HFEngine(_SerialEngine):
         t = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code).to(device).eval()
+            model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code,
+            use_safetensors=True).to(device).eval()
         self.device, self.seed, self.max_num_seqs, self.max_model_len = device, seed, max_num_seqs, max_model_len
         self.startup_s = time.perf_counter() - t
 

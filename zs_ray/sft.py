@@ -84,7 +84,7 @@ def sft_train(model_or_path, examples: Sequence[Example], *, out_dir: Optional[s
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    model = (AutoModelForCausalLM.from_pretrained(model_or_path, dtype=torch.float32)
+    model = (AutoModelForCausalLM.from_pretrained(model_or_path, dtype=torch.float32, use_safetensors=True)
              if isinstance(model_or_path, str) else model_or_path)
     if tokenizer is None and isinstance(model_or_path, str):
         tokenizer = AutoTokenizer.from_pretrained(model_or_path)

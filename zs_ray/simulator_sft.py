@@ -214,7 +214,7 @@ def generate_docs(model_path: str, requests: Sequence[dict], k: int = 5, tempera
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, threads))
     tok = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, use_safetensors=True).eval()
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     outs: list[str] = []
     for i in range(0, len(requests), batch_size):

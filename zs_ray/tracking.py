@@ -30,6 +30,11 @@ class Tracker:
         self.uri = cfg.tracking.uri or default_uri(cfg.trainer.output_dir)
         if not self.enabled:
             return
+        if self.uri.startswith(("http://", "https://")):
+            # an unreachable server must cost seconds, not minutes of MLflow's own HTTP retries
+            for k, v in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                         ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")):
+                os.environ.setdefault(k, v)
         self._call(self._start, cfg)
 
     def _start(self, cfg):

@@ -49,7 +49,10 @@ class Trainer:
         save_config(cfg, os.path.join(self.out, "config.yaml"))
         self.rows = load_dataset_files(list(cfg.data.train_files), split="train")  # validated before any actor starts
         init_ray(num_cpus=cfg.resources.num_cpus)
-        _bound_mlflow_http(cfg.tracking.uri)
+        from .placement import plan
+
+        # STRICT_PACK for each FSDP group, SPREAD for rollout workers; a clear error names missing resources.
+        self.placement = plan(cfg)
         self.tracker = Tracker(cfg)
         self.ckpt_root = os.path.join(self.out, "checkpoints")
         self.curriculum_steps = cfg.curriculum.total_steps or cfg.trainer.steps
@@ -57,17 +60,17 @@ class Trainer:
         algo, model = _plain(a), _plain(m)
         res = lambda kind: {"num_cpus": r[f"cpus_per_{kind}"], "num_gpus": r[f"gpus_per_{kind}"]}  # noqa: E731
         self.search_cfg = self._start_search()
-        self.policy = WorkerGroup(r.policy_workers, m.policy_path, algo, model, "actor", res("policy_worker"),
-                                  r.device, cfg.trainer.seed)
-        self.ref = (WorkerGroup(r.policy_workers, m.reference_path or m.policy_path, algo, model, "ref",
-                                res("policy_worker"), r.device, cfg.trainer.seed) if a.kl_coef > 0 else None)
-        self.critic = (WorkerGroup(r.policy_workers, m.critic_path or m.policy_path, algo, model, "critic",
-                                   res("policy_worker"), r.device, cfg.trainer.seed) if a.name == "ppo" else None)
+        group = lambda path, role: WorkerGroup(  # noqa: E731
+            r.policy_workers, path, algo, model, role, res("policy_worker"), r.device, cfg.trainer.seed,
+            self.placement.policy_group(role), r.threads_per_actor)
+        self.policy = group(m.policy_path, "actor")
+        self.ref = group(m.reference_path or m.policy_path, "ref") if a.kl_coef > 0 else None
+        self.critic = group(m.critic_path or m.policy_path, "critic") if a.name == "ppo" else None
         self.eval_rows = (load_dataset_files(list(cfg.data.test_files), split="test")[: cfg.trainer.eval_rows]
                           if cfg.trainer.eval_every and cfg.data.test_files else [])
         eval_search = self._bm25_cfg()
         # Kept so a dead rollout worker can be replaced by an identical one (_restart_rollout).
-        self._new_rollout = lambda i: RolloutWorker.options(**res("rollout_worker")).remote(  # noqa: E731
+        self._new_rollout = lambda i: RolloutWorker.options(**self.placement.rollout_options(i)).remote(  # noqa: E731
             m.policy_path, _plain(cfg.rollout), self.search_cfg, i, cfg.trainer.seed, r.device,
             cfg.resources.threads_per_actor, eval_search)
         self.rollout = [self._new_rollout(i) for i in range(r.rollout_workers)]
@@ -169,10 +172,17 @@ class Trainer:
             ray.kill(self.rollout[i])
         except Exception:
             pass
-        w = self._new_rollout(i)
-        ray.get(w.ready.remote(), timeout=self.cfg.trainer.rollout_timeout_s)
-        ray.get(w.update_weights.remote(self.policy.state_dict_ref(), self.version),
-                timeout=self.cfg.trainer.sync_timeout_s)
+        from .placement import wait_ready
+
+        # After a node loss the bundle must be rescheduled first; this names what is missing if it cannot be.
+        wait_ready(self.placement.rollout, self.cfg.resources.placement_timeout_s, "rollout")
+        try:
+            w = self._new_rollout(i)
+            ray.get(w.ready.remote(), timeout=self.cfg.trainer.rollout_timeout_s)
+            ray.get(w.update_weights.remote(self.policy.state_dict_ref(), self.version),
+                    timeout=self.cfg.trainer.sync_timeout_s)
+        except ray.exceptions.RayActorError as e:  # not a policy-side death: say what really failed
+            raise RuntimeError(f"the replacement for rollout worker {i} died while starting: {e}") from None
         self.rollout[i] = w
 
     def sync_weights(self) -> float:
@@ -365,6 +375,7 @@ class Trainer:
         for g in (self.policy, self.ref, self.critic):
             if g is not None:
                 g.shutdown()
+        self.placement.remove()
 
 
 def search_call_metrics(trajs: list[dict]) -> dict:
@@ -372,14 +383,6 @@ def search_call_metrics(trajs: list[dict]) -> dict:
     calls = [c for t in trajs for c in t.get("search_calls", [])]
     n = max(len(calls), 1)
     return {f"search/{k}_fraction": sum(bool(c.get(k)) for c in calls) / n for k in ("noisy", "failed", "fallback")}
-
-
-def _bound_mlflow_http(uri: Optional[str]) -> None:
-    """An unreachable MLflow server must cost seconds, not minutes of MLflow's own HTTP retries."""
-    if uri and uri.startswith(("http://", "https://")):
-        for k, v in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
-                     ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")):
-            os.environ.setdefault(k, v)
 
 
 def _plain(node) -> dict:
