@@ -1,0 +1,29 @@
+"""Smoke test of the bench's table / markdown code on fake numbers and of its CLI parsing (no timing)."""
+from zs_ray.bench import Row, markdown, paired, table, write_section
+
+
+def test_rows_table_and_markdown_on_fake_numbers(tmp_path):
+    o, b, r = paired([30.0, 40.0, 50.0], [10.0, 10.0, 20.0])
+    assert (o, b, r) == (40.0, 10.0, 3.0)  # medians, and the median of per-pair ratios
+    rows = [Row("1. rollout", o, b, r, ">= 3", "tok/s"), Row("2. step", 1.0, 1.0, 1.0, "<= 0.7", "s"),
+            Row("x: FAILED", None, None, None, "", note="boom"), Row("5. wall", 9.0, 15.0, 0.6, "<= 1", failed=True)]
+    assert [x.met for x in rows] == [True, False, None, False]
+    t = table(rows)
+    assert "| 1. rollout | 40 tok/s | 10 tok/s | 3x | ≥ 3x | yes |" in t and "**no**" in t and "boom" in t
+    info = {"cpu": "Fake CPU", "cores": 2, "ram_gib": 24.0, "gpu": "none", "python": "3.11", "date": "today"}
+    md = markdown(rows, "quick", info, "zs-ray bench --quick", {"k": [1, 2]})
+    assert "Fake CPU, 2 cores, 24.0 GiB" in md and "- k: [1, 2]" in md
+    path = tmp_path / "B.md"
+    path.write_text("# Benchmarks\n\nhand-written GPU estimates\n")
+    write_section(str(path), "quick", md)
+    write_section(str(path), "quick", md.replace("today", "tomorrow"))  # replaced in place, not appended
+    text = path.read_text()
+    assert "hand-written GPU estimates" in text and text.count("BEGIN generated: quick") == 1 and "tomorrow" in text
+
+
+def test_quick_flag_parsing():
+    from jobs.bench import parse_args
+
+    a = parse_args(["--quick", "rollout.max_turn_tokens=32"])
+    assert a.quick and a.overrides == ["rollout.max_turn_tokens=32"] and a.config is None
+    assert not parse_args([]).quick

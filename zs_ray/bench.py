@@ -1,0 +1,534 @@
+"""`zs-ray bench [--quick]`: the framework's figures, each a RATIO of two things measured in the same run.
+
+The machines are shared and noisy, so no figure is an absolute timing: each compares two variants run
+alternately (A, B, B, A, ...) several times, and the median of the per-pair ratios is reported.
+
+1. rollout with search: zs-ray's rollout (vLLM, one coroutine per trajectory, stop strings, Serve simulator)
+   vs the reference-style loop of benchmarks/reference_loop.py (sampled tokens kept per second)
+2. a training step with staleness 1 vs 0 (wall time per step, one Trainer, alternating segments)
+3. the Serve simulator: 64 concurrent callers vs one call at a time (documents/s)
+4. weight sync as a fraction of the step (time/sync / time/step of the trainer)
+5. the quickstart: peak RSS of its whole process tree (incl. Ray workers) and wall time
+6. scaling: rollout throughput with 1/2/4 rollout workers; step time with 1/2 policy workers
+
+The policy is briefly SFT'd on the world's warmstart.jsonl (so it searches) and the simulator is
+fine-tuned on BM25 documents (so it writes `Doc i:` blocks); both are cached under the work dir.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+DEFAULT_CONFIG = os.path.join(REPO, "configs", "cpu_default.yaml")
+
+PRESETS = {
+    "quick": dict(entities=60, policy_sft=100, sim_sft=60, prompts=8, reps=3, scale_reps=2, steps=3, stale_reps=2,
+                  seq_calls=12, quickstart="smoke", quickstart_timeout_s=900),
+    "full": dict(entities=200, policy_sft=150, sim_sft=200, prompts=16, reps=5, scale_reps=3, steps=4, stale_reps=3,
+                 seq_calls=32, quickstart="full", quickstart_timeout_s=1800),
+}
+
+
+@dataclass
+class Row:
+    figure: str
+    ours: Optional[float]
+    baseline: Optional[float]
+    ratio: Optional[float]
+    target: str  # ">= 3" / "<= 0.7"
+    unit: str = ""
+    note: str = ""
+    failed: bool = False  # the measured thing itself failed (e.g. the quickstart did not finish): not met
+
+    @property
+    def met(self) -> Optional[bool]:
+        if self.failed:
+            return False
+        if self.ratio is None or not self.target:
+            return None
+        op, v = self.target.split()
+        return self.ratio >= float(v) if op == ">=" else self.ratio <= float(v)
+
+
+def paired(ours: list[float], base: list[float], ratio: Callable[[float, float], float] = lambda a, b: a / b):
+    """Medians of both sides and the median of the per-repetition ratios."""
+    rs = [ratio(a, b) for a, b in zip(ours, base)]
+    return statistics.median(ours), statistics.median(base), statistics.median(rs)
+
+
+def _fmt(x: Optional[float]) -> str:
+    if x is None:
+        return "–"
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| figure | ours | baseline | ratio | target | met? | notes |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        met = {True: "yes", False: "**no**", None: "–"}[r.met]
+        unit = f" {r.unit}" if r.unit else ""
+        ratio = f"{r.ratio:.3g}x" if r.ratio is not None else "–"
+        lines.append(f"| {r.figure} | {_fmt(r.ours)}{unit if r.ours is not None else ''} | "
+                     f"{_fmt(r.baseline)}{unit if r.baseline is not None else ''} | {ratio} | "
+                     f"{r.target.replace('>=', '≥').replace('<=', '≤') + 'x' if r.target else '–'} | {met} | {r.note} |")
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    import psutil
+
+    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+                 platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    info = {"cpu": model, "cores": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2 ** 30, 1),
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+    try:
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    except Exception:  # noqa: BLE001
+        info["gpu"] = "?"
+    return info
+
+
+def markdown(rows: list[Row], mode: str, info: dict, command: str, details: dict) -> str:
+    head = (f"### `{command}` — {info['date']}\n\n"
+            f"Machine: {info['cpu']}, {info['cores']} cores, {info['ram_gib']} GiB RAM, GPU: {info['gpu']}, "
+            f"Python {info['python']}. Preset `{mode}`. Each ratio is the median of per-repetition ratios of two "
+            f"variants run alternately in the same process (shared, noisy machine: absolute numbers are "
+            f"indicative only).\n\n")
+    extra = "\n".join(f"- {k}: {json.dumps(v, default=str)}" for k, v in details.items())
+    return head + table(rows) + ("\n\nDetails:\n\n" + extra if extra else "") + "\n"
+
+
+def write_section(path: str, mode: str, text: str) -> None:
+    """Replace (or append) this mode's generated section of BENCHMARKS.md; the rest is left as it is."""
+    begin, end = f"<!-- BEGIN generated: {mode} -->", f"<!-- END generated: {mode} -->"
+    old = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
+    block = f"{begin}\n{text}{end}"
+    if begin in old and end in old:
+        new = old[:old.index(begin)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(new)
+
+
+def _load(name: str):
+    """A module from benchmarks/ (not a package), to reuse the other benchmark scripts' code."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(REPO, "benchmarks", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------ assets
+def prepare(work: str, p: dict, log=print) -> dict:
+    """Small world + warm-started policy + fine-tuned simulator (cached: rebuilt only when missing)."""
+    from .world import build_world_assets
+
+    paths = {"world": f"{work}/world", "policy": f"{work}/policy_sft", "simulator": f"{work}/simulator_sft"}
+    if not os.path.exists(f"{work}/world/world/train.parquet"):
+        log("[bench] building the world and tiny models")
+        build_world_assets(paths["world"], seed=0, n_entities=p["entities"], n_test_entities=10, n_pretrain=0)
+    if not os.path.exists(f"{paths['policy']}/model.safetensors"):
+        from transformers import AutoTokenizer
+
+        from .sft import encode_chat_example, sft_train
+
+        tok = AutoTokenizer.from_pretrained(f"{work}/world/tokenizer")
+        demos = [json.loads(ln) for ln in open(f"{work}/world/world/warmstart.jsonl")]
+        r = sft_train(f"{work}/world/policy", [encode_chat_example(tok, d["prompt"], d["response"]) for d in demos],
+                      tokenizer=tok, steps=p["policy_sft"], lr=2e-3, batch_size=8, warmup=10, threads=2,
+                      out_dir=paths["policy"], progress=log, label="bench policy sft", log_every=50)
+        log(f"[bench] policy SFT: {r['steps']} steps, loss {r['final_loss']:.3f}")
+    if not os.path.exists(f"{paths['simulator']}/model.safetensors"):
+        import shutil
+
+        from .data import load_rows
+        from .simulator_sft import run as sim_sft
+
+        res = sim_sft(f"{work}/world/simulator", f"{work}/simulator_job", questions=load_rows(
+            f"{work}/world/world/train.parquet"), corpus=f"{work}/world/world/corpus.jsonl", topk=3,
+            steps=p["sim_sft"], heldout_frac=0.0, log=log, threads=2)
+        shutil.copytree(res["model_dir"], paths["simulator"], dirs_exist_ok=True)
+    return paths
+
+
+# ------------------------------------------------------------------ figure 5 (own process tree)
+def measure_quickstart(out: str, preset: str, timeout_s: float, poll_s: float = 0.5, log=print) -> dict:
+    """Run the quickstart in a child process; sum the RSS of its whole process tree every `poll_s`."""
+    import psutil
+
+    env = {**os.environ, "ZS_RAY_TMP": f"/tmp/zsb_qs_{os.getpid()}"}
+    cmd = [sys.executable, "-m", "jobs.quickstart", "--out", out, "--preset", preset]
+    t0, peak, peak_pss, n = time.perf_counter(), 0, 0, 0
+    logf = open(os.path.join(os.path.dirname(out), f"quickstart_{preset}.log"), "w")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT)
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None and time.perf_counter() - t0 < timeout_s:
+        rss = pss = 0
+        try:
+            for q in [root] + root.children(recursive=True):
+                try:
+                    rss += q.memory_info().rss
+                    # PSS (shared pages split between processes) every 4th poll: reading smaps is slow
+                    pss += q.memory_full_info().pss if n % 4 == 0 else 0
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+        peak, peak_pss, n = max(peak, rss), max(peak_pss, pss), n + 1
+        time.sleep(poll_s)
+    wall = time.perf_counter() - t0
+    if proc.poll() is None:  # over the time limit: stop the tree we started, children first
+        for q in root.children(recursive=True) + [root]:
+            try:
+                q.kill()
+            except psutil.Error:
+                pass
+    rc = proc.wait()
+    logf.close()
+    log(f"[bench] quickstart {preset}: rc={rc}, {wall:.0f} s, peak RSS {peak / 2 ** 30:.2f} GiB, "
+        f"peak PSS {peak_pss / 2 ** 30:.2f} GiB")
+    return {"rc": rc, "wall_s": wall, "peak_rss_gib": peak / 2 ** 30, "peak_pss_gib": peak_pss / 2 ** 30,
+            "log": logf.name}
+
+
+# ------------------------------------------------------------------ the Ray part
+class Bench:
+    def __init__(self, work: str, p: dict, paths: dict, cfg, log=print):
+        import ray
+
+        from .runtime import init_ray
+
+        self.work, self.p, self.paths, self.cfg, self.log = work, p, paths, cfg, log
+        self.device = cfg.resources.device
+        init_ray(num_cpus=8)
+        from actors.simulator import deploy_simulator
+        from .data import load_dataset_files
+        from .trainer import _plain
+
+        self.rollout_cfg = _plain(cfg.rollout)
+        s = _plain(cfg.search)
+        self.sim_cfg = {**s, "http_port": free_port(), "app_name": "bench_sim"}
+        self.handle = deploy_simulator(self.sim_cfg, paths["simulator"], name="bench_sim", route_prefix="/bench_sim",
+                                       num_gpus=cfg.resources.gpus_per_simulator)
+        self.rows = load_dataset_files([f"{paths['world']}/world/train.parquet"], split="train")[: p["prompts"]]
+        self.ray = ray
+        self.details: dict = {}
+
+    def search(self):
+        from .search_clients import SimulatorSearch
+
+        return SimulatorSearch(self.handle, mode=self.sim_cfg["backend"], topk=int(self.sim_cfg["topk"]), timeout_s=300)
+
+    # -------------------------------------------------------------- 3. simulator concurrency
+    def simulator(self) -> Row:
+        client = self.search()
+        qs = [(f"{r['question']}", r["question"], ["x"]) for r in self.rows]
+        calls = [qs[i % len(qs)] for i in range(64)]
+
+        async def run(n_calls, concurrent):
+            jobs = [client.search(q, qq, a, call_key=str(i)) for i, (q, qq, a) in enumerate(calls[:n_calls])]
+            if concurrent:
+                return await asyncio.gather(*jobs)
+            return [await j for j in jobs]
+
+        def docs_per_s(n_calls, concurrent):
+            t = time.perf_counter()
+            res = asyncio.run(run(n_calls, concurrent))
+            return sum(len(r.docs) for r in res) / (time.perf_counter() - t)
+        docs_per_s(8, True)  # warm-up
+        seq, conc = [], []
+        for rep in range(self.p["reps"]):
+            order = [(conc, 64, True), (seq, self.p["seq_calls"], False)]
+            for out, n, c in (order if rep % 2 == 0 else order[::-1]):
+                out.append(docs_per_s(n, c))
+        o, b, r = paired(conc, seq)
+        self.details["simulator docs/s (64 concurrent, sequential)"] = [[round(x, 1) for x in conc],
+                                                                       [round(x, 1) for x in seq]]
+        return Row("3. simulator, 64 concurrent callers vs 1 at a time", o, b, r, ">= 8", "docs/s",
+                   f"SFT'd simulator ({self.p['sim_sft']} steps), topk {self.sim_cfg['topk']}, "
+                   f"max_tokens {self.sim_cfg['max_tokens']}")
+
+    # -------------------------------------------------------------- 1. rollout vs the reference loop
+    def rollout(self) -> list[Row]:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from .engine import make_engine
+        from .rollout import run_rollouts
+
+        ref = _load("reference_loop")
+        summarize = _load("rollout_bench").summarize
+        rc, n = self.rollout_cfg, int(self.rollout_cfg["n_samples"])
+        engine = make_engine(rc["engine"], self.paths["policy"], max_model_len=rc["max_context_tokens"], seed=0,
+                             kv_cache_gb=rc["kv_cache_gb"], max_num_seqs=128, device=self.device)
+        model = AutoModelForCausalLM.from_pretrained(self.paths["policy"], dtype=torch.float32,
+                                                     use_safetensors=True).to(self.device).eval()
+        search = self.search()
+
+        def ours(rep):
+            t = time.perf_counter()
+            trajs = [x.to_dict() for x in asyncio.run(run_rollouts(
+                engine, search, self.rows, n, rollout_cfg=rc, topk=int(self.sim_cfg["topk"]), step=rep, seed=rep))]
+            s = summarize(trajs, time.perf_counter() - t)
+            self.last_trajs = trajs
+            return s["sampled_tokens"] / s["wall_s"], s
+
+        def baseline(rep):
+            t = time.perf_counter()
+            trajs = ref.reference_rollout(model, engine.tokenizer, self.handle.simulate, self.rows, n,
+                                          max_turns=rc["max_turns"], max_turn_tokens=rc["max_turn_tokens"],
+                                          temperature=rc["temperature"], top_p=rc["top_p"],
+                                          topk=int(self.sim_cfg["topk"]), mode=self.sim_cfg["backend"], seed=rep)
+            wall = time.perf_counter() - t
+            kept, gen = sum(x["kept_tokens"] for x in trajs), sum(x["generated_tokens"] for x in trajs)
+            return kept / wall, {"wall_s": round(wall, 2), "kept_tokens": kept, "generated_tokens": gen,
+                                 "searches_per_traj": round(sum(x["searches"] for x in trajs) / len(trajs), 2),
+                                 "answered": sum(x["answer"] is not None for x in trajs)}
+        ours(-1), baseline(-1)  # warm-up (engine shapes, first generate)
+        a, b, sa, sb = [], [], [], []
+        for rep in range(self.p["reps"]):
+            pair = [(ours, a, sa), (baseline, b, sb)]
+            for fn, out, info in (pair if rep % 2 == 0 else pair[::-1]):
+                v, s = fn(rep)
+                out.append(v), info.append(s)
+        o, bb, r = paired(a, b)
+        keep = ("wall_s", "sampled_tokens", "searches_per_traj", "turns_per_traj", "answered", "finish")
+        self.details["rollout: zs-ray runs"] = [{k: s[k] for k in keep} for s in sa]
+        self.details["rollout: reference-loop runs"] = sb
+        self.engine = engine
+        return [Row("1. rollout with search (zs-ray vs reference loop)", o, bb, r, ">= 3", "tok/s",
+                    f"{len(self.rows)} prompts x {n}, max_turns {rc['max_turns']}, {rc['max_turn_tokens']} tok/turn; "
+                    f"warm-started policy ({self.p['policy_sft']} SFT steps), "
+                    f"{statistics.median(s['searches_per_traj'] for s in sa):.2f} searches/traj")]
+
+    # -------------------------------------------------------------- 6a. rollout workers
+    def rollout_scaling(self, counts=(1, 2, 4)) -> list[Row]:
+        from actors.rollout_worker import RolloutWorker, split_groups
+
+        ray, rc, n = self.ray, self.rollout_cfg, int(self.rollout_cfg["n_samples"])
+        search_cfg = {"backend": self.sim_cfg["backend"], "app_name": "bench_sim", "topk": self.sim_cfg["topk"],
+                      "timeout_s": 300}
+        gpus = self.cfg.resources.gpus_per_rollout_worker
+        workers = [RolloutWorker.options(num_cpus=0.5, num_gpus=gpus).remote(
+            self.paths["policy"], rc, search_cfg, i, 0, self.device) for i in range(max(counts))]
+        ray.get([w.ready.remote() for w in workers])
+
+        def tok_s(k, step):
+            t = time.perf_counter()
+            parts = ray.get([w.rollout.remote(part, n, step) for w, part in zip(workers, split_groups(self.rows, k))
+                             if part])
+            return sum(sum(x["loss_mask"]) for part in parts for x in part) / (time.perf_counter() - t)
+        for k in counts:  # warm-up every engine involved
+            tok_s(k, -1)
+        res = {k: [] for k in counts}
+        for rep in range(self.p["scale_reps"]):
+            for k in (counts if rep % 2 == 0 else counts[::-1]):
+                res[k].append(tok_s(k, rep))
+        for w in workers:
+            ray.kill(w)
+        self.details["rollout tok/s by workers"] = {k: [round(x) for x in v] for k, v in res.items()}
+        rows = []
+        for k in counts[1:]:
+            o, b, r = paired(res[k], res[counts[0]])
+            rows.append(Row(f"6. rollout, {k} vs 1 rollout workers", o, b, r, ">= 1", "tok/s",
+                            "2 cores: 1 worker + the simulator already use both"))
+        return rows
+
+    # -------------------------------------------------------------- 6b. policy workers
+    def policy_scaling(self) -> Row:
+        from actors.policy_worker import WorkerGroup
+        from .algorithms import grpo_advantages
+        from .batch import collate
+        from .trainer import _plain
+        import torch
+
+        trajs = self.last_trajs
+        batch = collate(trajs, self.engine.tokenizer.pad_token_id)
+        batch["advantages"] = grpo_advantages(torch.tensor([t["reward"] for t in trajs]),
+                                              [t["prompt_id"] for t in trajs], 1e-6)
+        algo, model = _plain(self.cfg.algorithm), _plain(self.cfg.model)
+        res = {"num_cpus": 0.5, "num_gpus": self.cfg.resources.gpus_per_policy_worker}
+        groups = {k: WorkerGroup(k, self.paths["policy"], algo, model, "actor", res, self.device, 0) for k in (1, 2)}
+
+        def step(g):
+            t = time.perf_counter()
+            lp = g.compute_logprobs(batch)
+            g.update(dict(batch, old_logprobs=lp, ref_logprobs=lp))
+            return time.perf_counter() - t
+        step(groups[1]), step(groups[2])  # warm-up
+        t1, t2 = [], []
+        for rep in range(self.p["reps"]):
+            pair = [(groups[1], t1), (groups[2], t2)]
+            for g, out in (pair if rep % 2 == 0 else pair[::-1]):
+                out.append(step(g))
+        for g in groups.values():
+            g.shutdown()
+        o, b, r = paired(t2, t1)
+        return Row("6. policy step (log-probs + update), 2 vs 1 FSDP2 workers", o, b, r, "<= 1", "s",
+                   f"{len(trajs)} trajectories, {int(batch['loss_mask'].sum())} policy tokens; time ratio")
+
+    # -------------------------------------------------------------- 2 + 4. trainer
+    def trainer(self) -> list[Row]:
+        import collections
+
+        from .config import load_config
+        from .schedule import may_launch
+        from .trainer import Trainer
+
+        from ray import serve
+
+        serve.delete("bench_sim")  # free its memory; the Trainer deploys its own simulator
+        w, p = self.paths["world"], self.p
+        cfg = load_config(self.cfg_path, [
+            f"data.train_files=[{w}/world/train.parquet]", f"data.test_files=[{w}/world/test.parquet]",
+            f"model.policy_path={self.paths['policy']}", f"search.simulator_model={self.paths['simulator']}",
+            f"search.corpus={w}/world/corpus.jsonl", f"search.index_dir={self.work}/bm25",
+            f"trainer.output_dir={self.work}/trainer", "tracking.enabled=false", "trainer.steps=1000",
+            "trainer.checkpoint_every=0", "trainer.sample_every=0", "trainer.eval_every=0",
+            f"search.http_port={self.sim_cfg['http_port']}"] + list(self.overrides))
+        tr = Trainer(cfg, progress=lambda *_: None)
+        ray = self.ray
+
+        def segment(staleness: int, n: int):
+            """n steps with this staleness (the Trainer.train loop); returns step intervals and metrics."""
+            tr.cfg.trainer.staleness = staleness
+            end, inflight, next_gen, ends, ms = tr.step + n, collections.deque(), tr.step, [], []
+            while tr.step < end:
+                while next_gen < end and may_launch(next_gen, tr.version, staleness):
+                    inflight.append(tr._launch(next_gen))
+                    next_gen += 1
+                job = inflight.popleft()  # (gen_step, refs, t_launch[, jobs for Trainer._collect])
+                t_launch = job[2]
+                trajs = (tr._collect(job[3]) if len(job) > 3 and hasattr(tr, "_collect")
+                         else [t for part in ray.get(job[1]) for t in part])
+                ms.append(tr.train_step(trajs, time.perf_counter() - t_launch))
+                ends.append(time.perf_counter())
+            return [b - a for a, b in zip(ends, ends[1:])], ms  # the first step fills the pipeline: not counted
+        try:
+            segment(0, 1)  # warm-up
+            s0, s1, metrics = [], [], []
+            for rep in range(p["stale_reps"]):
+                pair = [(0, s0), (1, s1)]
+                for st, out in (pair if rep % 2 == 0 else pair[::-1]):
+                    dts, ms = segment(st, p["steps"] + 1)
+                    out.append(statistics.median(dts))
+                    metrics += ms
+        finally:
+            tr.shutdown()
+        o, b, r = paired(s1, s0)
+        sync = [m["time/sync"] for m in metrics]
+        step = [m["time/step"] for m in metrics]
+        fracs = [a / c for a, c in zip(sync, step)]
+        self.details["step s (staleness 1, 0)"] = [[round(x, 2) for x in s1], [round(x, 2) for x in s0]]
+        self.details["time/sync s"] = [round(x, 3) for x in sync]
+        n_traj = int(cfg.trainer.prompts_per_step) * int(cfg.rollout.n_samples)
+        return [Row("2. training step, staleness 1 vs 0", o, b, r, "<= 0.7", "s/step",
+                    f"{n_traj} trajectories/step, {cfg.resources.policy_workers} policy workers; time ratio"),
+                Row("4. weight sync / step time", statistics.median(sync), statistics.median(step),
+                    statistics.median(fracs), "<= 0.05", "s", "time/sync over time/step, median over steps")]
+
+
+def run(quick: bool = False, config: Optional[str] = None, overrides=(), work: Optional[str] = None,
+        out_md: Optional[str] = None, skip=(), log=print) -> list[Row]:
+    from .config import load_config
+    from .runtime import apply_local_env
+
+    mode = "quick" if quick else "full"
+    p = PRESETS[mode]
+    work = os.path.abspath(work or os.path.join(REPO, "runs", "bench", mode))
+    os.makedirs(work, exist_ok=True)
+    apply_local_env()
+    os.environ.setdefault("ZS_RAY_TMP", f"/tmp/zsb_{os.getpid()}")
+    import torch
+
+    torch.set_num_threads(1)  # both rollout variants get the same one thread (as the actors do)
+    cfg_path = config or DEFAULT_CONFIG
+    cfg = load_config(cfg_path, list(overrides))
+    info, rows, t0 = machine(), [], time.perf_counter()
+    command = "zs-ray bench" + (" --quick" if quick else "")
+
+    def attempt(name, fn):
+        if name in skip:
+            return
+        try:
+            out = fn()
+            rows.extend(out if isinstance(out, list) else [out])
+        except Exception as e:  # noqa: BLE001 - one broken figure must not lose the others
+            import traceback
+
+            traceback.print_exc()
+            rows.append(Row(f"{name}: FAILED", None, None, None, "", note=repr(e)[:200]))
+        log(table(rows))
+
+    def quickstart():
+        q = measure_quickstart(os.path.join(work, "quickstart"), p["quickstart"], p["quickstart_timeout_s"], log=log)
+        bad = q["rc"] != 0
+        note = f"preset `{p['quickstart']}`, rc={q['rc']}" + (
+            f" (did not finish: killed at the {p['quickstart_timeout_s']} s limit or failed; peak up to then; "
+            f"log {os.path.relpath(q['log'], REPO)})" if bad else "")
+        return [Row("5. quickstart peak RSS (process tree)", q["peak_rss_gib"], 8.0, q["peak_rss_gib"] / 8.0, "<= 1",
+                    "GiB", note + f"; baseline = the 8 GiB budget; RSS counts shared pages (libraries, Ray's "
+                    f"shared memory) once per process: peak PSS {q['peak_pss_gib']:.2f} GiB"),
+                Row("5. quickstart wall time", q["wall_s"] / 60, 15.0, q["wall_s"] / 60 / 15.0, "<= 1", "min",
+                    note + "; baseline = the 15 min budget", failed=bad)]
+    attempt("5. quickstart", quickstart)
+    details: dict = {}
+    figures = ("3. simulator", "1. rollout", "6. rollout workers", "6. policy workers", "2/4. trainer")
+    if set(figures) - set(skip):
+        b = Bench(work, p, prepare(work, p, log), cfg, log)
+        b.cfg_path, b.overrides, details = cfg_path, list(overrides), b.details
+        for name, fn in zip(figures, (b.simulator, b.rollout, b.rollout_scaling, b.policy_scaling, b.trainer)):
+            attempt(name, fn)
+        b.ray.shutdown()
+    details["bench wall time s"] = round(time.perf_counter() - t0)
+    if skip:
+        command += "".join(f" --skip '{s}'" for s in skip)
+    text = markdown(rows, mode, info, command, details)
+    log("\n" + text)
+    write_section(out_md or os.path.join(REPO, "BENCHMARKS.md"), mode, text)
+    log_mlflow(rows, mode, info, text, os.path.join(REPO, "runs", "bench"), log)
+    return rows
+
+
+def log_mlflow(rows: list[Row], mode: str, info: dict, text: str, root: str, log=print) -> None:
+    """Experiment `zs-ray-bench` in a sqlite store under runs/bench/."""
+    import re
+
+    try:
+        import mlflow
+
+        os.makedirs(root, exist_ok=True)
+        mlflow.set_tracking_uri(f"sqlite:///{os.path.join(root, 'mlflow.db')}")
+        if mlflow.get_experiment_by_name("zs-ray-bench") is None:
+            mlflow.create_experiment("zs-ray-bench", artifact_location=f"file://{os.path.join(root, 'mlartifacts')}")
+        mlflow.set_experiment("zs-ray-bench")
+        with mlflow.start_run(run_name=f"bench-{mode}"):
+            mlflow.log_params({"mode": mode, **{k: str(v) for k, v in info.items()}})
+            for r in rows:
+                key = re.sub(r"[^0-9a-zA-Z_]+", "_", r.figure).strip("_")[:200]
+                mlflow.log_metrics({f"{key}/{k}": v for k, v in (("ours", r.ours), ("baseline", r.baseline),
+                                                                ("ratio", r.ratio)) if v is not None})
+            mlflow.log_text(text, "BENCHMARKS_section.md")
+            mlflow.log_dict([asdict(r) | {"met": r.met} for r in rows], "rows.json")
+    except Exception as e:  # noqa: BLE001 - the table is already printed and written
+        log(f"[bench] MLflow logging failed: {e!r}")
