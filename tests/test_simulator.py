@@ -5,7 +5,6 @@ test_search_clients.py) serving the tiny simulator fine-tuned by test_simulator_
 so it writes `Doc i:` documents (a random model would not).
 """
 import asyncio
-import functools
 import time
 
 import pytest
@@ -16,7 +15,6 @@ from test_simulator_sft import K, trained_simulator
 APP = "zs_test_simulator"
 
 
-@functools.lru_cache(maxsize=1)
 def _deploy(base_dir: str) -> dict:
     from actors.simulator import deploy_simulator
 
@@ -31,7 +29,11 @@ def _deploy(base_dir: str) -> dict:
 
 @pytest.fixture(scope="module")
 def simulator_deployment(ray_session, tmp_path_factory):
-    return _deploy(str(tmp_path_factory.getbasetemp() / "sft_sim"))
+    from ray import serve
+
+    serve.shutdown()  # Serve must listen on this module's port, whatever an earlier module left running
+    yield _deploy(str(tmp_path_factory.getbasetemp() / "sft_sim"))
+    serve.shutdown()
 
 
 class _FakeHandle:
