@@ -17,19 +17,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .config import RolloutConfig
+from .data import golds_of, question_of
 from .protocol import INVALID_FEEDBACK, STOP_STRINGS, make_prompt, observation_text, parse_action
 from .reward import score_answer, training_reward
 from .search import SearchBackend, SearchResult
-
-try:
-    from .data import golds_of, question_of
-except ImportError:  # data module absent: read the Search-R1 fields directly
-    def question_of(row: dict) -> str:
-        return row["question"]
-
-    def golds_of(row: dict) -> list[str]:
-        t = row.get("reward_model", {}).get("ground_truth", {}).get("target", row.get("golden_answers"))
-        return [t] if isinstance(t, str) else [str(x) for x in t]
 
 
 @dataclass

@@ -20,6 +20,7 @@ import random
 import re
 from typing import Callable, Iterable, Optional, Sequence
 
+from .data import golds_of
 from .protocol import render_documents
 from .reward import normalize_answer
 from .simulator_prompts import simulator_prompt
@@ -54,20 +55,11 @@ def judge_labeller(generate: Callable[[str], str]) -> Labeller:
 
 # ---------------------------------------------------------------- pairs ---------------------------
 
-def _golds_of(row: dict) -> list[str]:
-    g = row.get("golden_answers")
-    if g is None:
-        g = ((row.get("reward_model") or {}).get("ground_truth") or {}).get("target")
-    if g is None:
-        raise ValueError(f"row has no golden_answers (nor reward_model.ground_truth.target): {str(row)[:200]}")
-    return [str(x) for x in ([g] if isinstance(g, str) else list(g))]
-
-
 def pairs_from_trajectories(trajectories: Iterable[dict]) -> list[dict]:
     """Split trajectories ({question, golden_answers, search_calls: [{query, docs}]}) into pairs."""
     out = []
     for t in trajectories:
-        golds = _golds_of(t)
+        golds = golds_of(t)
         for call in t.get("search_calls") or []:
             docs = [d for d in (call.get("docs") or []) if str(d).strip()]
             if docs:  # an empty result teaches nothing
@@ -101,7 +93,7 @@ def pairs_from_corpus(index, questions: Sequence[dict], topk: int = 5, depth: in
     hits = index.search([q for _, q in jobs], topk * depth) if jobs else []
     out = []
     for (row, q), docs in zip(jobs, hits):
-        golds = _golds_of(row)
+        golds = golds_of(row)
         base = dict(query=q, question=str(row["question"]), golden_answers=golds, source="bm25")
         if docs[:topk]:
             out.append({**base, "docs": docs[:topk]})
@@ -241,7 +233,7 @@ def evaluate_simulator(model_path: str, questions: Sequence[dict], k: int = 5, t
 
     reqs = []
     for row in questions:
-        golds = _golds_of(row)
+        golds = golds_of(row)
         for noisy in (False, True):
             reqs.append(dict(query=str(row.get("query") or row["question"]), question=str(row["question"]),
                              answer=golds[0], golds=golds, noisy=noisy))
