@@ -26,6 +26,7 @@ import torch.distributed as dist
 from zs_ray.algorithms import actor_loss, entropy_from_logits, value_loss
 from zs_ray.batch import merge_rank_outputs, micro_batches, pad_columns, split_for_ranks, trim_padding
 from zs_ray.runtime import LOOPBACK, actor_env
+from zs_ray.weight_sync import NcclGroup, broadcast_state, pack_meta
 
 ROLES = ("actor", "ref", "critic")
 _ALGO_DEFAULTS = dict(clip=0.2, kl_estimator="k3", kl_coef=0.001, entropy_coef=0.001, lr=1e-6,
@@ -104,7 +105,7 @@ class PolicyWorker:
         self.algo = {**_ALGO_DEFAULTS, **{k: v for k, v in (algo_cfg or {}).items() if v is not None}}
         self.mcfg = {**_MODEL_DEFAULTS, **{k: v for k, v in (model_cfg or {}).items() if v is not None}}
         self.seed, self.steps = seed, 0
-        self.model = self.optimizer = self.scheduler = None
+        self.model = self.optimizer = self.scheduler = self._sync_group = None
         torch.set_num_threads(max(1, int(threads)))
         torch.manual_seed(seed)  # same seed on every rank: the value head starts identical everywhere
         random.seed(seed)
@@ -239,6 +240,17 @@ class PolicyWorker:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def init_weight_sync(self, host: str, port: int, world_size: int, timeout_s: float) -> list:
+        """Rank 0 only: open the NCCL weight-sync group as its rank 0; returns the receivers' (name, dtype, shape)."""
+        if self._sync_group is not None:
+            self._sync_group.close()
+        self._sync_group = NcclGroup(host, port, 0, world_size, timeout_s)
+        return pack_meta(self.model.state_dict().items())
+
+    def broadcast_weights(self) -> int:
+        """All ranks (each full parameter is an FSDP all-gather); rank 0 broadcasts it. Returns bytes sent."""
+        return broadcast_state(self.model.state_dict().items(), self._sync_group if self.rank == 0 else None)
 
     def save_checkpoint(self, ckpt_dir: str) -> str:
         """Sharded DCP save of model + optimizer; scheduler, step count and RNG per rank (torch.save)."""

@@ -1,12 +1,12 @@
 """Rollout worker: a Ray async actor hosting one policy engine and one search backend.
 
 Every trajectory is a coroutine (zs_ray.rollout.run_trajectory); the engine batches their
-generate calls, and search calls overlap with generation. New weights arrive as a full state dict
-through the object store and are reloaded in place between engine steps.
+generate calls, and search calls overlap with generation. New weights are reloaded in place between
+engine steps and tag the engine with the policy version: as a full state dict through the object store
+(`update_weights`), or, with rollout.weight_sync=nccl, broadcast by policy rank 0 over an NCCL group
+this worker joins as rank 1 + its index (`init_weight_sync`, then `receive_weights`; zs_ray/weight_sync.py).
 
-GPU: the same class, given num_gpus through `.options()` and device="cuda". The weight transfer is
-still the object store (CPU tensors); an NCCL broadcast from policy rank 0 straight into vLLM is a
-TODO behind the same `update_weights` method.
+GPU: the same class, given num_gpus through `.options()` and device="cuda".
 """
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ class RolloutWorker:
         # Held-out evaluation during training uses real search (BM25), never the simulator.
         self.eval_search = build_search_backend(eval_search_cfg, seed) if eval_search_cfg else None
         self.startup_s = time.perf_counter() - t
+        self._sync_group = None  # NCCL weight-sync membership (rollout.weight_sync=nccl)
 
     async def ready(self) -> dict:
         """Engine up (and warmed: the first batched step is slow); returns its info."""
@@ -86,6 +87,27 @@ class RolloutWorker:
             state_dict = await state_dict
         # A thread keeps this actor's event loop (in-flight trajectories, searches) running meanwhile.
         return await asyncio.to_thread(self.engine.load_weights, state_dict, version)
+
+    async def init_weight_sync(self, host: str, port: int, rank: int, world_size: int, timeout_s: float) -> None:
+        """Join the NCCL weight-sync group (replacing an earlier one); returns once every member has joined."""
+        from zs_ray.weight_sync import NcclGroup
+
+        if self._sync_group is not None:
+            self._sync_group.close()
+        self._sync_group = await asyncio.to_thread(NcclGroup, host, port, rank, world_size, timeout_s)
+
+    async def receive_weights(self, meta: list, version: int) -> float:
+        """update_weights' NCCL sibling: `meta` is the (name, dtype, shape) list; the tensors come from policy
+        rank 0's broadcasts, one per read, into the same engine.load_weights (tied lm_head handling included)."""
+        from zs_ray.weight_sync import drain, receive_state
+
+        if self._sync_group is None:
+            raise RuntimeError("receive_weights before init_weight_sync: this worker is in no weight-sync group")
+        pairs = receive_state(self._sync_group, meta)
+        try:
+            return await asyncio.to_thread(self.engine.load_weights, pairs, version)
+        finally:  # after a failed load, still take the remaining broadcasts, or policy rank 0 waits forever
+            await asyncio.to_thread(drain, pairs)
 
     def version(self) -> int:
         return self.engine.version

@@ -14,6 +14,9 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from .weight_sync import MODES as WEIGHT_SYNC_MODES
+from .weight_sync import nccl_config_problem
+
 SEARCH_BACKENDS = ("simulate_prompt", "simulate_sft", "bm25", "http", "retriever", "hybrid")
 ALGORITHMS = ("grpo", "ppo", "reinforce")
 
@@ -94,6 +97,9 @@ class RolloutConfig:
     tensor_parallel_size: int = 1
     enforce_eager: bool = True
     seed: int = 0
+    # How new weights reach the engines: object_store (Ray, CPU tensors) | nccl (broadcast from policy rank 0,
+    # whole GPUs) | auto (nccl when it can run, object_store otherwise). See zs_ray/weight_sync.py.
+    weight_sync: str = "auto"
 
 
 @dataclass
@@ -294,6 +300,13 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.rollout.n_samples >= 1, "rollout.n_samples", "must be >= 1")
     _check(cfg.rollout.engine in ("vllm", "hf"), "rollout.engine", "must be vllm or hf")
     _check(cfg.rollout.max_turns >= 0, "rollout.max_turns", "must be >= 0")
+    _check(cfg.rollout.weight_sync in WEIGHT_SYNC_MODES, "rollout.weight_sync", f"must be one of {WEIGHT_SYNC_MODES}")
+    if cfg.rollout.weight_sync == "nccl":  # the hardware is checked later, where it runs (zs_ray.weight_sync)
+        r = cfg.resources
+        why = nccl_config_problem(r.device, cfg.rollout.tensor_parallel_size, r.gpus_per_policy_worker,
+                                  r.gpus_per_rollout_worker)
+        _check(why is None, "rollout.weight_sync", f"nccl cannot run with this config: {why}; "
+               "use rollout.weight_sync=auto or object_store")
     _check(cfg.search.topk >= 1, "search.topk", "must be >= 1")
     _check(0.0 <= cfg.curriculum.start <= 1.0, "curriculum.start", "must be in [0, 1]")
     _check(0.0 <= cfg.curriculum.end <= 1.0, "curriculum.end", "must be in [0, 1]")

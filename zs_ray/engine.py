@@ -202,12 +202,14 @@ class VLLMEngine(_SerialEngine):
         return await self._submit((prompt_ids, max_tokens, temperature, top_p if temperature > 0 else 1.0,
                                    list(stop or []), seed))
 
-    def load_weights(self, state_dict: dict, version: int) -> float:
-        """In-place reload between engine steps; returns seconds."""
+    def load_weights(self, state_dict, version: int) -> float:
+        """In-place reload between engine steps; returns seconds. `state_dict` is a full state dict (object
+        store) or an iterator of (name, tensor) pairs that receives each tensor as it is read (NCCL)."""
         t = time.perf_counter()
 
         def _reload(worker, sd):
-            worker.model_runner.reload_weights(weights_iterator=iter(list(sd.items())))
+            pairs = iter(list(sd.items())) if isinstance(sd, dict) else iter(sd)
+            worker.model_runner.reload_weights(weights_iterator=pairs)
             from vllm.platforms import current_platform
 
             if current_platform.is_cpu():
@@ -337,11 +339,13 @@ class HFEngine(_SerialEngine):
                 gens.append(Generation(row[:n], logp[r, :n].tolist(), "length"))
         return gens
 
-    def load_weights(self, state_dict: dict, version: int) -> float:
+    def load_weights(self, state_dict, version: int) -> float:
+        """A full state dict, or (name, tensor) pairs (the NCCL path), loaded in place; returns seconds."""
         t = time.perf_counter()
 
         def _do():
-            missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
+            sd = state_dict if isinstance(state_dict, dict) else dict(state_dict)
+            missing, unexpected = self.model.load_state_dict(sd, strict=False)
             missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embeddings
             if missing or unexpected:
                 raise KeyError(f"state dict does not match the model: missing {missing[:5]}, "

@@ -124,6 +124,11 @@ def hardware_problems(cfg: DictConfig, *, cuda_devices: Optional[int] = None,
                     f"gpus_per_policy_worker + rollout_workers x gpus_per_rollout_worker"
                     f"{' + simulator_replicas x gpus_per_simulator' if serves_simulator(cfg) else ''}) "
                     f"but this machine has {cuda_devices} CUDA devices; lower the workers or use a cluster")
+            if cuda_devices == 0 and cfg.rollout.get("weight_sync") == "nccl":
+                from .weight_sync import nccl_hardware_problem
+
+                problems.append(f"rollout.weight_sync=nccl broadcasts the weights between CUDA GPUs, but "
+                                f"{nccl_hardware_problem(False, False)}; use rollout.weight_sync=auto or object_store")
         for tp_key, gpu_key in (("rollout.tensor_parallel_size", "gpus_per_rollout_worker"),
                                 ("search.tensor_parallel_size", "gpus_per_simulator")):
             if tp_key.startswith("search") and not serves_simulator(cfg):

@@ -21,6 +21,7 @@ from .curriculum import noise_probability
 from .data import load_dataset_files
 from .schedule import may_launch, may_train, prompts_for_step
 from .tracking import Tracker
+from .weight_sync import resolve_weight_sync
 
 log = logging.getLogger("zs_ray.trainer")
 MAX_ROLLOUT_RESTARTS = 3  # per rollout call: a worker that keeps dying is an error, not a loop
@@ -44,6 +45,8 @@ class Trainer:
         from .runtime import init_ray
 
         self.cfg, self.progress = cfg, progress
+        # object_store | nccl; rollout.weight_sync=nccl that cannot run here fails now, before Ray or any actor.
+        self.weight_sync = resolve_weight_sync(cfg)
         self.out = os.path.abspath(cfg.trainer.output_dir)
         os.makedirs(self.out, exist_ok=True)
         save_config(cfg, os.path.join(self.out, "config.yaml"))
@@ -75,6 +78,9 @@ class Trainer:
             cfg.resources.threads_per_actor, eval_search)
         self.rollout = [self._new_rollout(i) for i in range(r.rollout_workers)]
         ray.get([w.ready.remote() for w in self.rollout], timeout=cfg.trainer.rollout_timeout_s)
+        # NCCL: the group forms now, so a setup problem shows before training; None = (re)build at the next sync.
+        self._sync_meta = self._init_nccl_group() if self.weight_sync == "nccl" else None
+        log.info("weight sync: %s", self.weight_sync)
         self.tokenizer = _tokenizer(m.policy_path)
         self.step, self.version, self.consumed, self.rollout_restarts = 0, 0, [], 0
         self._resume()
@@ -184,13 +190,59 @@ class Trainer:
         except ray.exceptions.RayActorError as e:  # not a policy-side death: say what really failed
             raise RuntimeError(f"the replacement for rollout worker {i} died while starting: {e}") from None
         self.rollout[i] = w
+        self._sync_meta = None  # (NCCL) the group lost a member: rebuilt with the replacement at the next sync
+
+    def _init_nccl_group(self) -> list:
+        """Policy rank 0 (group rank 0) and rollout worker i (rank 1 + i) form the NCCL weight-sync group at a
+        free port on rank 0's node; returns the (name, dtype, shape) list the receivers allocate from."""
+        import ray
+
+        timeout = self.cfg.trainer.sync_timeout_s
+        rank0, world = self.policy.workers[0], 1 + len(self.rollout)
+        node = ray.get(rank0.node_info.remote(), timeout=timeout)
+        host, port = node["ip"], node["port"]  # 127.0.0.1 on a local Ray; the node's IP in a cluster
+        meta = rank0.init_weight_sync.remote(host, port, world, timeout)
+        joins = [w.init_weight_sync.remote(host, port, 1 + i, world, timeout) for i, w in enumerate(self.rollout)]
+        try:
+            return _get_all([meta, *joins], timeout)[0]
+        except ray.exceptions.GetTimeoutError:
+            raise SyncError(f"the NCCL weight-sync group (policy rank 0 + {len(self.rollout)} rollout worker(s) at "
+                            f"{host}:{port}) did not form in {timeout:g} s (trainer.sync_timeout_s); "
+                            "rollout.weight_sync=object_store avoids NCCL") from None
+
+    def _sync_nccl(self, t: float) -> float:
+        """Receivers first (each blocks in its engine until rank 0 sends), then every policy rank: all of them
+        join the FSDP all-gather of each parameter, and rank 0 broadcasts it."""
+        import ray
+
+        if self._sync_meta is None:
+            self._sync_meta = self._init_nccl_group()
+        calls = [w.receive_weights.remote(self._sync_meta, self.version) for w in self.rollout]
+        calls += [w.broadcast_weights.remote() for w in self.policy.workers]
+        try:
+            _get_all(calls, self.cfg.trainer.sync_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise SyncError(f"NCCL weight sync to {len(self.rollout)} rollout worker(s) did not finish in "
+                            f"{self.cfg.trainer.sync_timeout_s:g} s (trainer.sync_timeout_s)") from None
+        except ray.exceptions.RayActorError as e:
+            if getattr(e, "actor_id", None) not in {w._actor_id.hex() for w in self.rollout}:
+                raise  # a policy worker: train() reports it as PolicyWorkerError
+            # Unlike the object store path, a dead receiver cannot simply be replaced here: rank 0 may be stuck in
+            # a broadcast that member never joins.
+            raise SyncError("a rollout worker died during an NCCL weight sync; the group lost a member mid-"
+                            "broadcast, so the run stops. Resume with trainer.resume=auto (with "
+                            "rollout.weight_sync=object_store a worker dying here is restarted instead)") from e
+        return time.perf_counter() - t
 
     def sync_weights(self) -> float:
-        """Full weights to every rollout worker via the object store; a timeout is an error, not a hang.
-        A rollout worker found dead here is restarted (and gets the weights as it starts)."""
+        """Full weights to every rollout worker, tagged with the policy version: through the object store, or
+        broadcast by policy rank 0 over NCCL (rollout.weight_sync). A timeout is an error, not a hang.
+        Object store: a rollout worker found dead here is restarted (and gets the weights as it starts)."""
         import ray
 
         t = time.perf_counter()
+        if self.weight_sync == "nccl":
+            return self._sync_nccl(t)
         ref = self.policy.state_dict_ref()
         calls = [(i, w, w.update_weights.remote(ref, self.version)) for i, w in enumerate(self.rollout)]
         try:
@@ -383,6 +435,20 @@ def search_call_metrics(trajs: list[dict]) -> dict:
     calls = [c for t in trajs for c in t.get("search_calls", [])]
     n = max(len(calls), 1)
     return {f"search/{k}_fraction": sum(bool(c.get(k)) for c in calls) / n for k in ("noisy", "failed", "fallback")}
+
+
+def _get_all(refs: list, timeout: float) -> list:
+    """ray.get of every ref, except that an error raises as soon as it is known: in an NCCL group the other
+    members would wait for the failed one until the timeout, and hide the real error behind it."""
+    import ray
+
+    deadline, pending = time.perf_counter() + timeout, list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.perf_counter()))
+        if not ready:
+            raise ray.exceptions.GetTimeoutError(f"{len(pending)} call(s) not done after {timeout:g} s")
+        ray.get(ready)
+    return ray.get(refs)
 
 
 def _plain(node) -> dict:
