@@ -181,3 +181,13 @@ def test_tokenizer_round_trips_a_demonstration(world, tmp_path):
         assert len(tok(" " + s)["input_ids"]) == 1, s
     for d in "0123456789":
         assert len(tok(" " + d)["input_ids"]) == 1
+
+
+def test_pretrain_recall_questions_are_answered_by_the_shown_documents():
+    for text in pretrain_texts(40, seed=5):
+        info = "".join(re.findall(r"<information>(.*?)</information>", text, re.DOTALL))
+        extra = re.findall(r"\nQuestion: what is the (\w+) of (\w+ \w+)\?\n<think> (.*?) </think> <answer> (.*?) </answer>",
+                           text)
+        assert len(extra) >= 1
+        for attr, name, sentence, value in extra:
+            assert sentence == f"{name} {attr} is {value} ." and sentence in info  # copyable from context

@@ -92,7 +92,7 @@ class WorldParams:
     distractor_frac: float = 0.15  # extra similar-name entities per question entity (never asked)
     neighbour_frac: float = 0.3  # places whose passage also names a neighbour place
     two_hop_per_place: int = 2  # two-hop questions per place (0 = single-hop only)
-    topk: int = 5  # documents per search in the warm-start demonstrations
+    topk: int = 3  # documents per search in demonstrations and drills (= the config's search.topk)
     n_pretrain: int = 4000  # copy drills in pretrain.txt
 
 
@@ -365,19 +365,33 @@ def _syllable_index(world: World) -> dict[str, list[dict]]:
     return index
 
 
-def _lookalike_docs(rng: random.Random, world: World, index: dict, gold_id: str, topk: int) -> list[str]:
-    """Gold passage plus look-alike passages (sharing a name syllable), shuffled: BM25-like docs."""
+def _lookalike_passages(rng: random.Random, world: World, index: dict, gold_id: str, topk: int) -> list[dict]:
+    """Gold passage plus look-alike passages (sharing a name syllable), shuffled: BM25-like results."""
     gold = world.passage(gold_id)
     near = {p["id"]: p for s in gold["contents"].partition("\n")[0].strip('"').split() for p in index.get(s, [])}
     near.pop(gold_id, None)
-    others = rng.sample(sorted(near.values(), key=lambda p: int(p["id"])), min(topk - 1, len(near)))
-    docs = [doc_text(p) for p in others + [gold]]
-    rng.shuffle(docs)
-    return docs
+    rows = rng.sample(sorted(near.values(), key=lambda p: int(p["id"])), min(topk - 1, len(near))) + [gold]
+    rng.shuffle(rows)
+    return rows
 
 
-def pretrain_texts(n: int, seed: int = 0, topk: int = 5, params: WorldParams | None = None) -> Iterator[str]:
-    """`n` copy drills: "Question: ...\\n" + a full clean trajectory with look-alike documents.
+def recall_questions(rng: random.Random, world: World, rows: list[dict], n: int) -> str:
+    """Up to `n` more questions about facts *shown* in `rows`, each answered by copying its sentence.
+
+    Drills are dense in copy events this way: one trajectory's documents serve several lookups, and
+    every lookup is keyed by entity *and* attribute among look-alikes (the skill the policy lacks).
+    """
+    by_title = {p["contents"].partition("\n")[0].strip('"'): p for p in rows}
+    facts = [(name, a, v) for name in by_title for a, v in world.entity(name).facts.items() if a not in NAME_VALUED]
+    picks = rng.sample(facts, min(n, len(facts)))
+    return "".join(f"\nQuestion: what is the {a} of {name}?\n<think> {fact_sentence(name, a, v)} </think> "
+                   f"<answer> {v} </answer>" for name, a, v in picks)
+
+
+def pretrain_texts(n: int, seed: int = 0, topk: int = 3, params: WorldParams | None = None,
+                   recall: int = 4) -> Iterator[str]:
+    """`n` copy drills: "Question: ...\\n" + a full clean trajectory with look-alike documents, then
+    `recall` more questions answered from the same documents.
 
     The drills come from *throwaway* worlds (other seeds, same syllables), never the real one, so
     pre-training teaches copying from context, not the real world's facts (a fact of the real world
@@ -393,8 +407,10 @@ def pretrain_texts(n: int, seed: int = 0, topk: int = 5, params: WorldParams | N
         for q in w.split("train"):
             if made >= n:
                 break
-            docs = [_lookalike_docs(rng, w, index, pid, topk) for pid in q.gold_passage_ids]
-            yield f"Question: {q.question}\n" + "".join(t for t, _ in demonstration_turns(q, docs))
+            shown = [_lookalike_passages(rng, w, index, pid, topk) for pid in q.gold_passage_ids]
+            turns = demonstration_turns(q, [[doc_text(p) for p in rows] for rows in shown])
+            yield (f"Question: {q.question}\n" + "".join(t for t, _ in turns)
+                   + recall_questions(rng, w, [p for rows in shown for p in rows], recall))
             made += 1
 
 
