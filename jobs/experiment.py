@@ -12,13 +12,15 @@ def main(argv):
     p.add_argument("--preset", default="full", choices=["full", "smoke"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rows", nargs="*", default=None, help="only these RL rows (names as in the table)")
+    p.add_argument("--reuse", action="store_true",
+                   help="evaluate rows whose policy is already trained under OUT/table instead of training again")
     a = p.parse_args(argv)
     from zs_ray.runtime import apply_local_env
 
     apply_local_env()
     from zs_ray.experiment import run_table
 
-    run_table(a.out, a.preset, a.seed, a.rows)
+    run_table(a.out, a.preset, a.seed, a.rows, reuse=a.reuse)
     return 0
 
 

@@ -25,17 +25,19 @@ RL_ROWS = {
 }
 
 
-def _history(cfg, run_name: str) -> list[tuple[int, float]]:
-    """Held-out EM over training steps, read back from the run's MLflow metrics."""
+def _history(cfg, run_name: str, metric: str = "eval/em") -> list[tuple[int, float]]:
+    """A held-out metric over training steps, read back from the run's MLflow metrics."""
     import mlflow
 
     mlflow.set_tracking_uri(cfg.tracking.uri)
     exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
     runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.runName = '{run_name}'",
-                              order_by=["start_time DESC"], max_results=1, output_format="list") if exp else []
+                              order_by=["start_time DESC"], max_results=20, output_format="list") if exp else []
+    # the newest *training* run of that name: the held-out evaluation after it logs under the same name
+    runs = [r for r in runs if metric in r.data.metrics]
     if not runs:
         return []
-    hist = mlflow.tracking.MlflowClient().get_metric_history(runs[0].info.run_id, "eval/em")
+    hist = mlflow.tracking.MlflowClient().get_metric_history(runs[0].info.run_id, metric)
     return sorted((m.step, m.value) for m in hist)
 
 
@@ -54,7 +56,14 @@ def _sft_baseline(out: str, cfg, n_demos: int, seed: int, progress) -> str:
     return f"{out}/policy_more_sft"
 
 
-def run_table(out: str = "runs/quickstart", preset: str = "full", seed: int = 0, rows=None, progress=print) -> dict:
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+
+
+def run_table(out: str = "runs/quickstart", preset: str = "full", seed: int = 0, rows=None, progress=print,
+              reuse: bool = False) -> dict:
+    """All rows; `reuse=True` evaluates an RL row's finished policy instead of training it again (a table
+    interrupted after some rows resumes; curves come from the MLflow history of the finished run)."""
     from omegaconf import OmegaConf
 
     from .evaluation import AVERAGE, run_evaluation
@@ -77,19 +86,23 @@ def run_table(out: str = "runs/quickstart", preset: str = "full", seed: int = 0,
     results["prior + warm start"] = a(evaluate(cfg, f"{out}/policy_warm", b["eval_rows"], "table_warm"))
     n_traj = b["rl_steps"] * cfg.trainer.prompts_per_step * cfg.rollout.n_samples
     progress(f"\n=== [table] warm start + more SFT ({n_traj} demonstrations = RL's trajectories)")
-    results["warm start + more SFT, same compute as RL"] = a(
-        evaluate(cfg, _sft_baseline(out, cfg, n_traj, seed, progress), b["eval_rows"], "table_sft"))
+    sft_dir = (f"{out}/policy_more_sft" if reuse and os.path.exists(f"{out}/policy_more_sft/model.safetensors")
+               else _sft_baseline(out, cfg, n_traj, seed, progress))
+    results["warm start + more SFT, same compute as RL"] = a(evaluate(cfg, sft_dir, b["eval_rows"], "table_sft"))
     for name, ovs in RL_ROWS.items():
         if rows and name not in rows:
             continue
         progress(f"\n=== [table] {name}")
-        slug = "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+        slug = _slug(name)
         rcfg = quickstart_config(out, base + [o.format(out=out) for o in ovs] + [
             f"trainer.output_dir={out}/table/{slug}", f"tracking.run_name={name}"])
-        train(rcfg, progress)
+        if reuse and os.path.exists(f"{out}/table/{slug}/policy_hf/model.safetensors"):
+            progress(f"(reusing the finished policy in {out}/table/{slug})")
+        else:
+            train(rcfg, progress)
         results[name] = a(evaluate(rcfg, f"{out}/table/{slug}/policy_hf", b["eval_rows"], f"table_{slug}"))
-        curves[name] = _history(rcfg, name)
-    zs = f"{out}/table/{'grpo_simulate_sft_curriculum'}/policy_hf"
+        curves[name] = {m: _history(rcfg, name, f"eval/{m}") for m in ("em", "f1")}
+    zs = f"{out}/table/{_slug('GRPO + simulate_sft + curriculum')}/policy_hf"
     if os.path.isdir(zs):
         progress("\n=== [table] no search at test time")
         c = OmegaConf.merge(cfg, {"model": {"policy_path": zs}})
@@ -126,13 +139,16 @@ def write_table(results: dict, curves: dict, out_dir: str, seconds: float, prese
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, pts in curves.items():
-        if pts:
-            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=name)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("held-out EM (BM25 search)")
-    ax.legend(fontsize=7)
+    # EM is the table's figure; F1 shows movement while EM is still flat
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("em", "f1")):
+        for name, c in curves.items():
+            pts = c.get(metric, [])
+            if pts:
+                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=name)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"held-out {metric.upper()} (BM25 search)")
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(paths["plot"], dpi=100)
     plt.close(fig)

@@ -1,0 +1,22 @@
+"""The experiment table's pure parts: row output folders and the written md/csv/png."""
+import csv
+
+from zs_ray.experiment import RL_ROWS, _slug, write_table
+
+
+def test_row_folders_are_distinct_and_the_no_search_row_finds_the_zerosearch_policy():
+    slugs = [_slug(n) for n in RL_ROWS]
+    assert len(set(slugs)) == len(slugs)
+    # run_table evaluates this row's policy without search: the name must be an RL row, slugged the same way
+    assert "GRPO + simulate_sft + curriculum" in RL_ROWS and _slug("GRPO + simulate_sft + curriculum") in slugs
+
+
+def test_write_table_writes_markdown_csv_and_plot(tmp_path):
+    res = {"prior + warm start": {"em": 0.1, "cover_em": 0.2, "f1": 0.3, "searches": 1.0},
+           "GRPO + real BM25 search": {"em": 0.25, "cover_em": 0.3, "f1": 0.4, "searches": 1.2}}
+    paths = write_table(res, {"GRPO + real BM25 search": {"em": [(0, 0.1), (5, 0.2)], "f1": [(0, 0.3), (5, 0.4)]}}, str(tmp_path), 120.0, "full")
+    md = open(paths["markdown"]).read()
+    assert "| GRPO + real BM25 search | 25.0 | 30.0 | 40.0 | 1.20 |" in md and "preset `full`, 2 min" in md
+    rows = list(csv.DictReader(open(paths["csv"])))
+    assert [r["row"] for r in rows] == list(res) and float(rows[1]["em"]) == 0.25
+    assert open(paths["plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
