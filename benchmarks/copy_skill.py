@@ -1,0 +1,98 @@
+"""How fast does the tiny CPU-default policy learn to copy an answer out of documents? (issue 10)
+
+Pre-trains a fresh policy on the world's drills and prints, every `--probe-every` steps, the held-out copy
+accuracy (zs_ray.quickstart.copy_accuracy: clean BM25 demonstration cut after the final "<think> NAME ATTR is",
+the greedy continuation must be the value). `--task repeat` instead trains the most basic content copy — a
+random syllable sequence repeated after a random-length prefix — and prints the loss on the repeat only.
+
+    python benchmarks/copy_skill.py --out runs/copy_skill --steps 1500 --recall 4 --topk 3
+    python benchmarks/copy_skill.py --out runs/copy_skill --task repeat --steps 1500 --batch 16
+
+Not a test: a measurement (minutes of CPU). Session-2 numbers are in the README and the closing note.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def repeat_batches(tok, rng, batch: int, syllables: list[str]):
+    import torch
+
+    while True:
+        rows, n_copy = [], []
+        for _ in range(batch):
+            pre = [rng.choice(syllables) for _ in range(rng.randint(0, 15))]
+            seq = [rng.choice(syllables) for _ in range(rng.randint(8, 20))]
+            rows.append(tok.encode(" " + " ".join(pre + seq + [";"] + seq)))
+            n_copy.append(len(seq))  # every syllable is one token (token_stats checks it)
+        T = max(map(len, rows))
+        ids = torch.full((batch, T), tok.pad_token_id)
+        labels = torch.full((batch, T), -100)
+        attn = torch.zeros((batch, T), dtype=torch.long)
+        for i, (r, k) in enumerate(zip(rows, n_copy)):
+            ids[i, :len(r)], attn[i, :len(r)] = torch.tensor(r), 1
+            labels[i, len(r) - k:len(r)] = torch.tensor(r[len(r) - k:])  # loss on the repeat only
+        yield ids, attn, labels
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/copy_skill")
+    p.add_argument("--task", choices=["drills", "repeat"], default="drills")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--recall", type=int, default=4, help="recall questions per drill")
+    p.add_argument("--topk", type=int, default=3, help="documents per search in the drills")
+    p.add_argument("--probe-every", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from zs_ray.quickstart import copy_accuracy
+    from zs_ray.sft import _batches, encode_text_example
+    from zs_ray.world import NAME_SYLLABLES, VALUE_SYLLABLES, build_world_assets, pretrain_texts
+
+    torch.set_num_threads(2)
+    if not os.path.exists(f"{a.out}/world/policy/model.safetensors"):
+        build_world_assets(f"{a.out}/world", seed=a.seed, n_pretrain=0, topk=a.topk)
+    tok = AutoTokenizer.from_pretrained(f"{a.out}/world/tokenizer")
+    torch.manual_seed(a.seed)
+    model = AutoModelForCausalLM.from_pretrained(f"{a.out}/world/policy", dtype=torch.float32)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
+    rng = random.Random(a.seed)
+    if a.task == "repeat":
+        batches = repeat_batches(tok, rng, a.batch, NAME_SYLLABLES + VALUE_SYLLABLES + list("0123456789"))
+    else:
+        drills = [encode_text_example(tok, t) for t in pretrain_texts(a.steps * a.batch, a.seed + 1, a.topk,
+                                                                      recall=a.recall)]
+        batches = _batches(drills, a.batch, tok.pad_token_id, rng, 1024)
+    t0, losses = time.perf_counter(), []
+    for step in range(1, a.steps + 1):
+        ids, attn, labels = next(batches)
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step % a.probe_every == 0 or step == a.steps:
+            line = f"step {step} loss {sum(losses[-50:]) / len(losses[-50:]):.3f} ({time.perf_counter() - t0:.0f}s)"
+            if a.task == "drills":
+                model.save_pretrained(f"{a.out}/probe")
+                tok.save_pretrained(f"{a.out}/probe")
+                acc = copy_accuracy(f"{a.out}/probe", f"{a.out}/world/world", chat=False)
+                line += f" held-out copy accuracy {acc['all']:.1%} (years {acc['year']:.1%}, syllables {acc['syllable']:.1%})"
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
