@@ -168,9 +168,12 @@ def test_simulator_hang_times_out_retries_healthy_replica_then_falls_back(ray_se
     from zs_ray.search_clients import SearchError, SimulatorSearch
     from zs_ray.trainer import search_call_metrics
 
-    # one of two replicas hangs: its calls time out and are retried (with backoff) on the healthy one
+    # one of two replicas hangs: its calls time out and are retried (with backoff). A timed-out call is
+    # cancelled, so the hung replica looks idle again and Serve's router picks either replica at random: each
+    # attempt lands on the hung one with p ~ 1/2, and 8 retries bound a call's failure chance by 2^-9 (with 3
+    # retries a call failed with p ~ 1/16, and a fresh-clone CI run hit it).
     handle = serve_apps("zs_fault_half", 2, hang_marker=str(tmp_path / "hang"), busy_s=0.1)
-    s = SimulatorSearch(handle, topk=2, timeout_s=2.0, max_retries=3, backoff_s=0.1)
+    s = SimulatorSearch(handle, topk=2, timeout_s=2.0, max_retries=8, backoff_s=0.05)
     res = _gather([s.search(f"q{i}", "Q", ["gold"], call_key=str(i)) for i in range(4)])
     m = s.metrics()
     assert all(not r.failed and r.docs for r in res) and m["search/simulator/failures"] == 0, m
