@@ -66,7 +66,7 @@ def main(argv=None) -> None:
         build_world_assets(f"{a.out}/world", seed=a.seed, n_pretrain=0, topk=a.topk)
     tok = AutoTokenizer.from_pretrained(f"{a.out}/world/tokenizer")
     torch.manual_seed(a.seed)
-    model = AutoModelForCausalLM.from_pretrained(f"{a.out}/world/policy", dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(f"{a.out}/world/policy", dtype=torch.float32, use_safetensors=True)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
     rng = random.Random(a.seed)
     if a.task == "repeat":
