@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from zs_ray.quickstart import copy_accuracy
+    from zs_ray.quickstart import copy_accuracy, copy_probe_items
     from zs_ray.sft import _batches, encode_text_example
     from zs_ray.world import NAME_SYLLABLES, VALUE_SYLLABLES, build_world_assets, pretrain_texts
 
@@ -75,6 +75,7 @@ def main(argv=None) -> None:
         drills = [encode_text_example(tok, t) for t in pretrain_texts(a.steps * a.batch, a.seed + 1, a.topk,
                                                                       recall=a.recall)]
         batches = _batches(drills, a.batch, tok.pad_token_id, rng, 1024)
+        items = copy_probe_items(f"{a.out}/world/world")  # once: it runs BM25 over the corpus
     t0, losses = time.perf_counter(), []
     for step in range(1, a.steps + 1):
         ids, attn, labels = next(batches)
@@ -87,9 +88,9 @@ def main(argv=None) -> None:
         if step % a.probe_every == 0 or step == a.steps:
             line = f"step {step} loss {sum(losses[-50:]) / len(losses[-50:]):.3f} ({time.perf_counter() - t0:.0f}s)"
             if a.task == "drills":
-                model.save_pretrained(f"{a.out}/probe")
-                tok.save_pretrained(f"{a.out}/probe")
-                acc = copy_accuracy(f"{a.out}/probe", f"{a.out}/world/world", chat=False)
+                model.eval()
+                acc = copy_accuracy(model, tok, items, chat=False)
+                model.train()
                 line += f" held-out copy accuracy {acc['all']:.1%} (years {acc['year']:.1%}, syllables {acc['syllable']:.1%})"
             print(line, flush=True)
 

@@ -53,32 +53,37 @@ def quickstart_config(out: str, overrides: Optional[list[str]] = None, config_pa
     return load_config(config_path, paths + list(overrides or []))
 
 
-def copy_accuracy(model_dir: str, world_dir: str, chat: bool, n: int = 100, split: str = "test") -> dict:
-    """Share of held-out questions whose answer the model copies from clean documents, greedily.
-
-    Each clean demonstration (real BM25 top-k, gold passage in) is cut right after the final
-    "<think> NAME ATTR is"; the model must continue with the value. Copying the value out of the
-    documents is the skill LEARNING_NOTES found to be the bottleneck, so the prior stage reports it.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def copy_probe_items(world_dir: str, n: int = 100, split: str = "test") -> list[tuple[str, str, str, str]]:
+    """(question, prompt, response prefix, answer) of `n` held-out clean demonstrations (real BM25 top-k, gold
+    passage in), each response cut right after the final "<think> NAME ATTR is". Built once per probe set:
+    it retrieves with BM25 over the whole corpus."""
     from .world import load_world, warmstart_demos
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
-    hits = {"year": [0, 0], "syllable": [0, 0]}
+    items = []
     for q, prompt, segs in warmstart_demos(load_world(world_dir), split, with_segments=True)[:n]:
         text = "".join(t for t, _ in segs)
-        text = text[:text.rindex(" is ", 0, text.rindex("</think>")) + 3]
+        items.append((q.question, prompt, text[:text.rindex(" is ", 0, text.rindex("</think>")) + 3], q.answers[0]))
+    return items
+
+
+def copy_accuracy(model, tok, items, chat: bool) -> dict:
+    """Share of `items` (copy_probe_items) whose answer the model copies from the documents, greedily.
+
+    Copying the value out of the documents is the skill LEARNING_NOTES found to be the bottleneck, so the
+    prior stage reports it. `chat`: the chat-templated prompt (warm start) or the drills' "Question:" form.
+    """
+    import torch
+
+    hits = {"year": [0, 0], "syllable": [0, 0]}
+    for question, prompt, prefix, answer in items:
         ids = (tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True, add_generation_prompt=True,
-                                       return_dict=False) + tok.encode(text) if chat
-               else tok.encode(f"Question: {q.question}\n" + text))
+                                       return_dict=False) + tok.encode(prefix) if chat
+               else tok.encode(f"Question: {question}\n" + prefix))
         with torch.no_grad():
             gen = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False)
         got = tok.decode(gen[0, len(ids):]).strip()
-        kind = "year" if q.answers[0][0].isdigit() else "syllable"
-        hits[kind][0] += got.startswith(q.answers[0] + " .") or got == q.answers[0]
+        kind = "year" if answer[0].isdigit() else "syllable"
+        hits[kind][0] += got.startswith(answer + " .") or got == answer
         hits[kind][1] += 1
     total = [sum(h[i] for h in hits.values()) for i in (0, 1)]
     return {"all": total[0] / max(1, total[1]), **{k: h[0] / max(1, h[1]) for k, h in hits.items()}, "n": total[1]}
@@ -100,9 +105,9 @@ def build_prior(out: str, pretrain_steps: int, warm_steps: int, seed: int = 0, p
     warm = sft_train(f"{out}/policy_pre", [encode_chat_example(tok, d["prompt"], d["response"]) for d in demos],
                      tokenizer=tok, steps=warm_steps, lr=1e-3, batch_size=8, warmup=20, seed=seed, threads=2,
                      out_dir=f"{out}/policy_warm", progress=progress, label="warm-start", log_every=100)
-    world_dir = f"{out}/world/world"
-    copy = {"prior": copy_accuracy(f"{out}/policy_pre", world_dir, chat=False),
-            "warm": copy_accuracy(f"{out}/policy_warm", world_dir, chat=True)}
+    items = copy_probe_items(f"{out}/world/world")
+    copy = {"prior": copy_accuracy(pre["model"], tok, items, chat=False),
+            "warm": copy_accuracy(warm["model"], tok, items, chat=True)}
     progress(f"[prior] held-out copy accuracy: after pre-training {copy['prior']['all']:.1%}, "
              f"after the warm start {copy['warm']['all']:.1%}")
     return {"copy_accuracy": copy, "pretrain_loss": pre["final_loss"], "warm_loss": warm["final_loss"],

@@ -365,10 +365,15 @@ def _syllable_index(world: World) -> dict[str, list[dict]]:
     return index
 
 
+def _title(passage: dict) -> str:
+    """The entity name a passage is about (its quoted first line, as `passage_contents` writes it)."""
+    return passage["contents"].partition("\n")[0].strip('"')
+
+
 def _lookalike_passages(rng: random.Random, world: World, index: dict, gold_id: str, topk: int) -> list[dict]:
     """Gold passage plus look-alike passages (sharing a name syllable), shuffled: BM25-like results."""
     gold = world.passage(gold_id)
-    near = {p["id"]: p for s in gold["contents"].partition("\n")[0].strip('"').split() for p in index.get(s, [])}
+    near = {p["id"]: p for s in _title(gold).split() for p in index.get(s, [])}
     near.pop(gold_id, None)
     rows = rng.sample(sorted(near.values(), key=lambda p: int(p["id"])), min(topk - 1, len(near))) + [gold]
     rng.shuffle(rows)
@@ -381,8 +386,8 @@ def recall_questions(rng: random.Random, world: World, rows: list[dict], n: int)
     Drills are dense in copy events this way: one trajectory's documents serve several lookups, and
     every lookup is keyed by entity *and* attribute among look-alikes (the skill the policy lacks).
     """
-    by_title = {p["contents"].partition("\n")[0].strip('"'): p for p in rows}
-    facts = [(name, a, v) for name in by_title for a, v in world.entity(name).facts.items() if a not in NAME_VALUED]
+    names = dict.fromkeys(_title(p) for p in rows)  # ordered, each entity once
+    facts = [(name, a, v) for name in names for a, v in world.entity(name).facts.items() if a not in NAME_VALUED]
     picks = rng.sample(facts, min(n, len(facts)))
     return "".join(f"\nQuestion: what is the {a} of {name}?\n<think> {fact_sentence(name, a, v)} </think> "
                    f"<answer> {v} </answer>" for name, a, v in picks)
