@@ -96,16 +96,17 @@ def _plain(x: Any) -> Any:
 class PolicyWorker:
     def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_path: str,
                  algo_cfg: dict, model_cfg: dict, role: str = "actor", device: str = "cpu", threads: int = 1,
-                 seed: int = 0):
+                 seed: int = 0, ref_path: Optional[str] = None):
         if role not in ROLES:
             raise ValueError(f"PolicyWorker role must be one of {ROLES}, got {role!r}")
         self.rank, self.world_size, self.role, self.device = rank, world_size, role, device
         self.master = f"tcp://{master_addr}:{int(master_port)}"
         self.model_path = model_path
+        self.ref_path = ref_path if role == "actor" else None  # a frozen reference in this process (colocated)
         self.algo = {**_ALGO_DEFAULTS, **{k: v for k, v in (algo_cfg or {}).items() if v is not None}}
         self.mcfg = {**_MODEL_DEFAULTS, **{k: v for k, v in (model_cfg or {}).items() if v is not None}}
         self.seed, self.steps = seed, 0
-        self.model = self.optimizer = self.scheduler = self._sync_group = None
+        self.model = self.ref_model = self.optimizer = self.scheduler = self._sync_group = None
         torch.set_num_threads(max(1, int(threads)))
         torch.manual_seed(seed)  # same seed on every rank: the value head starts identical everywhere
         random.seed(seed)
@@ -129,15 +130,18 @@ class PolicyWorker:
                                 rank=self.rank, world_size=self.world_size)
         self.model, self.hf_config = _load_model(self.model_path, self.mcfg, self.role)
         self.model.to(self.device)
+        if self.ref_path:
+            self.ref_model = _load_model(self.ref_path, self.mcfg, "ref")[0].to(self.device).requires_grad_(False)
         mp = None
         if self.device == "cuda" and self.mcfg["dtype"] in ("bfloat16", "bf16", "float16", "fp16"):
             low = torch.bfloat16 if self.mcfg["dtype"].startswith("b") else torch.float16
             mp = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
         mesh = init_device_mesh(self.device, (self.world_size,))
         kw = {"mesh": mesh, **({"mp_policy": mp} if mp else {})}
-        for layer in _decoder_layers(self.model):
-            fully_shard(layer, **kw)
-        fully_shard(self.model, **kw)
+        for model in (self.model, self.ref_model) if self.ref_model is not None else (self.model,):
+            for layer in _decoder_layers(model):
+                fully_shard(layer, **kw)
+            fully_shard(model, **kw)
         if self.role != "ref":
             lr = self.algo["critic_lr"] if self.role == "critic" else self.algo["lr"]
             warm = int(self.algo["warmup_steps"])
@@ -149,7 +153,8 @@ class PolicyWorker:
         else:
             self.model.requires_grad_(False)
         n_params = sum(p.numel() for p in self.model.parameters())
-        return {"rank": self.rank, "role": self.role, "params": int(n_params), "setup_s": time.time() - t0}
+        return {"rank": self.rank, "role": self.role, "params": int(n_params), "setup_s": time.time() - t0,
+                "colocated_reference": self.ref_model is not None}
 
     # ---- forward passes (no grad). Every rank must call these the same number of times.
     def _mb_iter(self, batch):
@@ -157,17 +162,22 @@ class PolicyWorker:
             mb, T = trim_padding(mb)  # drop all-padding tail columns: less compute, same result
             yield {k: v.to(self.device) for k, v in mb.items()}, T
 
-    def _forward(self, mb):
+    def _forward(self, mb, model=None):
         if self.role == "critic":
             return self.model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"])
-        return self.model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
+        return (model or self.model)(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
 
     @torch.no_grad()
-    def compute_logprobs(self, batch: dict, with_entropy: bool = False) -> dict:
-        self.model.eval()
+    def compute_logprobs(self, batch: dict, with_entropy: bool = False, reference: bool = False) -> dict:
+        """Log-probs of this worker's model, or (reference=True) of the colocated frozen reference."""
+        if reference and self.ref_model is None:
+            raise ValueError("compute_logprobs(reference=True): this worker holds no reference model "
+                             "(PolicyWorker(ref_path=...) with role 'actor')")
+        model = self.ref_model if reference else self.model
+        model.eval()
         lps, ents = [], []
         for mb, T in self._mb_iter(batch):
-            logits = self._forward(mb)
+            logits = self._forward(mb, model)
             lps.append(pad_columns(token_logprobs(logits, mb["input_ids"]).cpu(), T))
             if with_entropy:
                 ents.append(pad_columns(token_entropy(logits).cpu(), T))
@@ -403,7 +413,8 @@ class WorkerGroup:
 
     def __init__(self, n_workers: int, model_path: str, algo_cfg: dict, model_cfg: dict, role: str = "actor",
                  resources: Optional[dict] = None, device: str = "cpu", seed: int = 0, placement_group=None,
-                 threads: int = 1, setup_timeout_s: float = 180.0, call_timeout_s: Optional[float] = None):
+                 threads: int = 1, setup_timeout_s: float = 180.0, call_timeout_s: Optional[float] = None,
+                 ref_path: Optional[str] = None):
         resources = resources or {}
         self.n, self.role, self.model_path = int(n_workers), role, model_path
         self.call_timeout_s = call_timeout_s
@@ -419,7 +430,7 @@ class WorkerGroup:
                     placement_group=placement_group, placement_group_bundle_index=rank)
             self.workers.append(PolicyWorker.options(**o).remote(
                 rank, self.n, LOOPBACK, 0, model_path, dict(algo_cfg or {}), dict(model_cfg or {}), role,
-                device, threads, seed))
+                device, threads, seed, ref_path))
         try:
             # Rendezvous at rank 0's node: loopback when all ranks share one node, else its IP.
             nodes = ray.get([w.node_info.remote() for w in self.workers], timeout=setup_timeout_s)
@@ -446,10 +457,11 @@ class WorkerGroup:
                        timeout=self.call_timeout_s)
         return shards, tokens, outs
 
-    def compute_logprobs(self, batch: dict, with_entropy: bool = False):
-        """[B, T] log-probs in the batch's row order (a dict with `entropy` too if with_entropy)."""
+    def compute_logprobs(self, batch: dict, with_entropy: bool = False, reference: bool = False):
+        """[B, T] log-probs in the batch's row order (a dict with `entropy` too if with_entropy);
+        reference=True: of the frozen reference colocated in these workers (WorkerGroup(ref_path=...))."""
         B = batch["input_ids"].shape[0]
-        shards, _, outs = self._per_rank("compute_logprobs", batch, with_entropy)
+        shards, _, outs = self._per_rank("compute_logprobs", batch, with_entropy, reference)
         lp = merge_rank_outputs([o["logprobs"] for o in outs], shards, B)
         if not with_entropy:
             return lp

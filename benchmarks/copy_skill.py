@@ -7,6 +7,7 @@ random syllable sequence repeated after a random-length prefix — and prints th
 
     python benchmarks/copy_skill.py --out runs/copy_skill --steps 1500 --recall 4 --topk 3
     python benchmarks/copy_skill.py --out runs/copy_skill --task repeat --steps 1500 --batch 16
+    python benchmarks/copy_skill.py --out runs/copy_skill --task repeat --steps 3000 --batch 16 --layers 2
 
 Not a test: a measurement (minutes of CPU). Session-2 numbers are in the README and the closing note.
 """
@@ -52,6 +53,8 @@ def main(argv=None) -> None:
     p.add_argument("--topk", type=int, default=3, help="documents per search in the drills")
     p.add_argument("--probe-every", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layers", type=int, help="override the policy's depth (a fresh model of that shape)")
+    p.add_argument("--hidden", type=int, help="override the policy's width (FFN 4x, head size kept at 32)")
     a = p.parse_args(argv)
 
     import torch
@@ -67,6 +70,15 @@ def main(argv=None) -> None:
     tok = AutoTokenizer.from_pretrained(f"{a.out}/world/tokenizer")
     torch.manual_seed(a.seed)
     model = AutoModelForCausalLM.from_pretrained(f"{a.out}/world/policy", dtype=torch.float32, use_safetensors=True)
+    if a.layers or a.hidden:  # same config otherwise, fresh weights
+        cfg = model.config
+        cfg.num_hidden_layers = a.layers or cfg.num_hidden_layers
+        if a.hidden:
+            cfg.hidden_size, cfg.intermediate_size = a.hidden, 4 * a.hidden
+            cfg.num_attention_heads = cfg.num_key_value_heads = a.hidden // cfg.head_dim
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    print(f"policy: {model.config.num_hidden_layers} layers, hidden {model.config.hidden_size}, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
     rng = random.Random(a.seed)
     if a.task == "repeat":

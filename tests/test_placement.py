@@ -28,9 +28,12 @@ def test_bundle_shapes_follow_the_config():
     # CPU default: no zero-valued GPU entry, no node resource
     cpu = cfg_with("resources.policy_workers=2")
     assert policy_bundles(cpu) == [{"CPU": 0.5}] * 2 and rollout_bundles(cpu) == [{"CPU": 0.5}]
-    assert policy_roles(cpu) == ["actor", "ref"]  # kl_coef 0.001 > 0: a frozen reference group
-    assert policy_roles(cfg_with("algorithm.kl_coef=0")) == ["actor"]
-    assert policy_roles(cfg_with("algorithm.name=ppo")) == ["actor", "ref", "critic"]
+    assert policy_roles(cpu) == ["actor"]  # kl_coef > 0, but the reference lives in the actor workers
+    apart = "resources.colocate_reference=false"
+    assert policy_roles(cfg_with(apart)) == ["actor", "ref"]  # its own frozen reference group
+    assert policy_roles(cfg_with("algorithm.kl_coef=0", apart)) == ["actor"]
+    assert policy_roles(cfg_with("algorithm.name=ppo")) == ["actor", "critic"]
+    assert policy_roles(cfg_with("algorithm.name=ppo", apart)) == ["actor", "ref", "critic"]
 
 
 def test_diagnose_names_what_no_node_offers():
@@ -94,7 +97,7 @@ def test_satisfiable_plan_is_ready_and_places_actors(ray_session):
         def node(self):
             return ray.get_runtime_context().get_node_id()
 
-    cfg = cfg_with("resources.policy_workers=2", "resources.rollout_workers=2")
+    cfg = cfg_with("resources.policy_workers=2", "resources.rollout_workers=2", "resources.colocate_reference=false")
     p = plan(cfg)
     try:
         assert set(p.policy) == {"actor", "ref"} and p.ready_s < 5

@@ -57,7 +57,9 @@ def groups(ray_session, tiny_assets, tmp_path_factory):
     from actors.policy_worker import WorkerGroup
 
     t0 = time.time()
-    g2 = WorkerGroup(2, tiny_assets["model"], ALGO, MODEL, role="actor", resources={"cpus": 0.5})
+    # g2 also holds the frozen KL reference in its own processes (the trainer's default, colocate_reference)
+    g2 = WorkerGroup(2, tiny_assets["model"], ALGO, MODEL, role="actor", resources={"cpus": 0.5},
+                     ref_path=tiny_assets["model"])
     g1 = WorkerGroup(1, tiny_assets["model"], ALGO, MODEL, role="actor", resources={"cpus": 0.5})
     print(f"\n[setup] 1+2 workers ready in {time.time() - t0:.1f}s")
     init = str(tmp_path_factory.mktemp("ckpt") / "init")
@@ -134,6 +136,24 @@ def test_grpo_update_moves_logprobs_in_the_advantage_direction(groups, vocab):
     delta = seq_logprob(g2.compute_logprobs(b), b) - seq_logprob(before, b)
     assert (delta[b["advantages"] > 0] > 0).all(), delta
     assert (delta[b["advantages"] < 0] < 0).all(), delta
+
+
+def test_colocated_reference_stays_frozen_while_the_policy_trains(groups, vocab):
+    g1, g2 = groups["g1"], groups["g2"]
+    g2.load_checkpoint(groups["init"])
+    b = make_batch(vocab, n=4, seed=3)
+    ref0 = g2.compute_logprobs(b, reference=True)
+    torch.testing.assert_close(ref0, g2.compute_logprobs(b), atol=1e-6, rtol=0)  # same initial weights
+    b["ref_logprobs"], b["old_logprobs"] = ref0, ref0.clone()
+    for _ in range(3):
+        g2.update(b)
+    m = b["attention_mask"].float()
+    assert ((g2.compute_logprobs(b) - ref0) * m).abs().max() > 1e-4  # the policy moved...
+    torch.testing.assert_close(g2.compute_logprobs(b, reference=True), ref0, atol=0, rtol=0)  # ...its reference not
+    g2.load_checkpoint(groups["init"])  # checkpoints hold the policy only; the reference is untouched by loads
+    torch.testing.assert_close(g2.compute_logprobs(b, reference=True), ref0, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="no reference model"):
+        g1.compute_logprobs(b, reference=True)
 
 
 def test_masked_tokens_get_exactly_zero_gradient_in_the_loss(hf_ref, vocab):

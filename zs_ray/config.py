@@ -66,6 +66,7 @@ class SearchConfig:
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     max_model_len: int = 2048
+    kv_cache_gb: float = 1.0  # vLLM CPU KV-cache space of the simulator engine (GPU: gpu_memory_utilization)
     tensor_parallel_size: int = 1
     quantization: Optional[str] = None  # e.g. "awq" / "gptq" through vLLM
     app_name: str = "simulator"  # the Serve application of the simulator
@@ -157,6 +158,9 @@ class ResourcesConfig:
     gpus_per_rollout_worker: float = 0.0
     gpus_per_simulator: float = 0.0
     threads_per_actor: int = 1
+    # The frozen KL reference lives in the actor workers' processes, sharded like the policy: no extra
+    # processes (or GPUs). False: its own FSDP worker group (its own placement group).
+    colocate_reference: bool = True
     placement_timeout_s: float = 120.0
     policy_node_resource: Optional[str] = None  # custom resource that marks policy nodes
     rollout_node_resource: Optional[str] = None

@@ -1,7 +1,7 @@
 """Placement groups from the config: where the policy, rollout and simulator actors land.
 
-- policy groups: one STRICT_PACK placement group per FSDP role (actor; ref when algorithm.kl_coef > 0;
-  critic for PPO), one bundle per rank: {CPU: cpus_per_policy_worker, GPU: gpus_per_policy_worker,
+- policy groups: one STRICT_PACK placement group per FSDP role (actor; ref when algorithm.kl_coef > 0 and
+  resources.colocate_reference is false; critic for PPO), one bundle per rank: {CPU: cpus_per_policy_worker, GPU: gpus_per_policy_worker,
   <resources.policy_node_resource>: NODE_FRACTION}. All ranks of a group share one node (NVLink /
   loopback rendezvous); the custom resource pins that node to the policy node type.
 - rollout group: one SPREAD placement group, one bundle per rollout worker (with
@@ -52,9 +52,10 @@ def _bundle(cpus: float, gpus: float, node_resource: Optional[str]) -> dict[str,
 
 
 def policy_roles(cfg) -> list[str]:
-    """The FSDP worker groups the trainer starts: actor, ref (kl_coef > 0), critic (PPO)."""
+    """The FSDP worker groups the trainer starts: actor, ref (kl_coef > 0 and the reference not colocated
+    with the actor, resources.colocate_reference), critic (PPO)."""
     roles = ["actor"]
-    if float(cfg.algorithm.kl_coef) > 0:
+    if float(cfg.algorithm.kl_coef) > 0 and not cfg.resources.get("colocate_reference", True):
         roles.append("ref")
     if cfg.algorithm.name == "ppo":
         roles.append("critic")

@@ -30,16 +30,31 @@ class Stages:
         self.weights, self.progress, self.t0, self.done = weights, progress, time.perf_counter(), 0.0
         self.times: dict[str, float] = {}
 
-    def run(self, name: str, fn, *args, **kw):
+    def run(self, name: str, fn, *args, isolate: bool = False, **kw):
+        """Run one stage; isolate=True runs it in a fresh child process (see `in_child_process`)."""
         total = sum(self.weights.values())
         elapsed = time.perf_counter() - self.t0
         left = f", ~{elapsed / self.done * (total - self.done):.0f}s left" if self.done else ""
         self.progress(f"\n=== [{name}] ({elapsed:.0f}s elapsed{left})")
         t = time.perf_counter()
-        out = fn(*args, **kw)
+        out = in_child_process(fn, *args, **kw) if isolate else fn(*args, **kw)
         self.times[name] = time.perf_counter() - t
         self.done += self.weights.get(name, 0)
         return out
+
+
+def in_child_process(fn, *args, **kw):
+    """fn(*args, **kw) in a spawned child process; its return value comes back pickled.
+
+    A stage that trains or evaluates in the driver leaves memory behind in the process that ran it (the
+    allocator keeps freed heap; an imported vLLM stays imported); run in a child, it goes back to the OS
+    when the stage ends instead of staying resident in the driver through GRPO (issue 9's memory target). Arguments must pickle: module-level functions, plain data, `print`.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args, **kw).result()
 
 
 def quickstart_config(out: str, overrides: Optional[list[str]] = None, config_path: str = DEFAULT_CONFIG):
@@ -152,9 +167,12 @@ def run(out: str = "runs/quickstart", preset: str = "full", seed: int = 0, overr
     st = Stages({"world": 1, "prior": 25, "simulator": 15, "eval warm start": 8, "grpo": 40, "eval grpo": 8}, progress)
     results: dict = {"preset": preset, "seed": seed}
     st.run("world", build_world_assets, f"{out}/world", seed=seed)
-    results.update(st.run("prior", build_prior, out, b["pretrain_steps"], b["warm_steps"], seed, progress))
-    results["simulator"] = st.run("simulator", train_simulator, out, b["sim_steps"], seed, progress)
-    warm = st.run("eval warm start", evaluate, cfg, f"{out}/policy_warm", b["eval_rows"], "warm")
+    # Training and evaluation (a vLLM engine) in child processes: their memory goes back to the OS before
+    # the GRPO stage starts its actors (in_child_process).
+    results.update(st.run("prior", build_prior, out, b["pretrain_steps"], b["warm_steps"], seed, progress,
+                          isolate=True))
+    results["simulator"] = st.run("simulator", train_simulator, out, b["sim_steps"], seed, progress, isolate=True)
+    warm = st.run("eval warm start", evaluate, cfg, f"{out}/policy_warm", b["eval_rows"], "warm", isolate=True)
     from .trainer import run as train
 
     last = st.run("grpo", train, cfg, progress)

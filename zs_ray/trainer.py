@@ -63,11 +63,13 @@ class Trainer:
         algo, model = _plain(a), _plain(m)
         res = lambda kind: {"num_cpus": r[f"cpus_per_{kind}"], "num_gpus": r[f"gpus_per_{kind}"]}  # noqa: E731
         self.search_cfg = self._start_search()
-        group = lambda path, role: WorkerGroup(  # noqa: E731
+        group = lambda path, role, **kw: WorkerGroup(  # noqa: E731
             r.policy_workers, path, algo, model, role, res("policy_worker"), r.device, cfg.trainer.seed,
-            self.placement.policy_group(role), r.threads_per_actor)
-        self.policy = group(m.policy_path, "actor")
-        self.ref = group(m.reference_path or m.policy_path, "ref") if a.kl_coef > 0 else None
+            self.placement.policy_group(role), r.threads_per_actor, **kw)
+        ref_path = (m.reference_path or m.policy_path) if a.kl_coef > 0 else None
+        self.colocated_ref = bool(ref_path and r.colocate_reference)
+        self.policy = group(m.policy_path, "actor", ref_path=ref_path if self.colocated_ref else None)
+        self.ref = group(ref_path, "ref") if ref_path and not self.colocated_ref else None
         self.critic = group(m.critic_path or m.policy_path, "critic") if a.name == "ppo" else None
         self.eval_rows = (load_dataset_files(list(cfg.data.test_files), split="test")[: cfg.trainer.eval_rows]
                           if cfg.trainer.eval_every and cfg.data.test_files else [])
@@ -312,7 +314,9 @@ class Trainer:
         # 3. log-probs of the current (proximal) policy and of the frozen reference
         t1 = time.perf_counter()
         batch["old_logprobs"] = self.policy.compute_logprobs(batch)
-        if self.ref is not None:
+        if self.colocated_ref:
+            batch["ref_logprobs"] = self.policy.compute_logprobs(batch, reference=True)
+        elif self.ref is not None:
             batch["ref_logprobs"] = self.ref.compute_logprobs(batch)
         if a.name == "ppo":  # KL in the reward, GAE with gamma = lambda = 1 over the policy's tokens
             values = self.critic.compute_values(batch)
