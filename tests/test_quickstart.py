@@ -27,3 +27,12 @@ def test_quickstart_smoke_runs_every_stage(tmp_path):
     assert res["grpo_last_step"] is not None
     assert (out / "mlflow.db").exists() and (out / "grpo" / "policy_hf" / "model.safetensors").exists()
     assert "held-out copy accuracy" in proc.stdout and "mlflow ui" in proc.stdout
+
+
+def test_stages_run_in_a_child_process_when_they_pickle():
+    from zs_ray.quickstart import in_child_process
+
+    assert in_child_process(os.getpid) != os.getpid()  # a spawned child; its memory goes when it exits
+    assert in_child_process(lambda: os.getpid()) == os.getpid()  # a lambda does not pickle: runs here
+    with pytest.raises(ZeroDivisionError):  # the child's exception reaches the caller
+        in_child_process(divmod, 1, 0)

@@ -48,11 +48,17 @@ def in_child_process(fn, *args, **kw):
 
     A stage that trains or evaluates in the driver leaves memory behind in the process that ran it (the
     allocator keeps freed heap; an imported vLLM stays imported); run in a child, it goes back to the OS
-    when the stage ends instead of staying resident in the driver through GRPO (issue 9's memory target). Arguments must pickle: module-level functions, plain data, `print`.
+    when the stage ends instead of staying resident in the driver through GRPO (issue 9's memory target).
+    Arguments that do not pickle (a lambda as `progress`) make it run in this process instead.
     """
     import multiprocessing
+    import pickle
     from concurrent.futures import ProcessPoolExecutor
 
+    try:
+        pickle.dumps((fn, args, kw))
+    except Exception:  # e.g. a lambda as `progress`: run here rather than fail (only the memory saving is lost)
+        return fn(*args, **kw)
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(fn, *args, **kw).result()
 
