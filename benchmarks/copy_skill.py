@@ -8,6 +8,7 @@ random syllable sequence repeated after a random-length prefix — and prints th
     python benchmarks/copy_skill.py --out runs/copy_skill --steps 1500 --recall 4 --topk 3
     python benchmarks/copy_skill.py --out runs/copy_skill --task repeat --steps 1500 --batch 16
     python benchmarks/copy_skill.py --out runs/copy_skill --task repeat --steps 3000 --batch 16 --layers 2
+    python benchmarks/copy_skill.py --out runs/copy_skill --task repeat --steps 1500 --batch 16 --prev-token-heads 1
 
 Not a test: a measurement (minutes of CPU). Session-2 numbers are in the README and the closing note.
 """
@@ -42,6 +43,42 @@ def repeat_batches(tok, rng, batch: int, syllables: list[str]):
         yield ids, attn, labels
 
 
+def init_previous_token_heads(model, offsets: list[int], amplitude: float = 10.0) -> None:
+    """Layer 0, head h attends (content-independently) to the token `offsets[h]` back, from step 0.
+
+    q and k come from biases only (weights zeroed): per RoPE frequency pair i, q = (a, 0) and
+    k = a (cos d*theta_i, sin d*theta_i), so q.k = a^2 cos((m - n - d) theta_i), largest at m - n = d;
+    six pairs and a^2 = amplitude * sqrt(head_dim) put ~0.998 of the attention there. V reads an
+    orthonormal slice of the (normed) token, O writes it at embedding scale. A test of whether the
+    previous-token feature is what the copy circuit lacks (session 3: it is not).
+    """
+    import math
+
+    import torch
+
+    att, hd = model.model.layers[0].self_attn, model.config.head_dim
+    base = getattr(model.config, "rope_theta", None) or (getattr(model.config, "rope_parameters", None) or {}).get(
+        "rope_theta", 10000.0)
+    theta = [base ** (-2 * i / hd) for i in range(hd // 2)]
+    amp = math.sqrt(amplitude * math.sqrt(hd))
+    H = model.config.hidden_size
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear) and m.bias is not None:
+                m.bias.zero_()
+        v_basis, o_basis = torch.linalg.qr(torch.randn(H, H))[0], torch.linalg.qr(torch.randn(H, H))[0]
+        for h, d in enumerate(offsets):
+            sl = slice(h * hd, (h + 1) * hd)
+            att.q_proj.weight[sl] = 0
+            att.k_proj.weight[sl] = 0
+            qb, kb = torch.zeros(hd), torch.zeros(hd)
+            for i in range(6):  # rotate_half pairs (i, i + hd/2)
+                qb[i], kb[i], kb[i + hd // 2] = amp, amp * math.cos(d * theta[i]), amp * math.sin(d * theta[i])
+            att.q_proj.bias[sl], att.k_proj.bias[sl] = qb, kb
+            att.v_proj.weight[sl] = v_basis[:, sl].T
+            att.o_proj.weight[:, sl] = 0.02 * o_basis[:, :hd]
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/copy_skill")
@@ -55,6 +92,8 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layers", type=int, help="override the policy's depth (a fresh model of that shape)")
     p.add_argument("--hidden", type=int, help="override the policy's width (FFN 4x, head size kept at 32)")
+    p.add_argument("--prev-token-heads", default="", help="comma-separated offsets, e.g. 1 or 1,2,3: layer-0 heads "
+                   "initialised to attend that many tokens back (init_previous_token_heads)")
     a = p.parse_args(argv)
 
     import torch
@@ -70,13 +109,17 @@ def main(argv=None) -> None:
     tok = AutoTokenizer.from_pretrained(f"{a.out}/world/tokenizer")
     torch.manual_seed(a.seed)
     model = AutoModelForCausalLM.from_pretrained(f"{a.out}/world/policy", dtype=torch.float32, use_safetensors=True)
-    if a.layers or a.hidden:  # same config otherwise, fresh weights
+    offsets = [int(x) for x in a.prev_token_heads.split(",") if x]
+    if a.layers or a.hidden or offsets:  # same config otherwise, fresh weights
         cfg = model.config
+        cfg.attention_bias = bool(offsets) or cfg.attention_bias
         cfg.num_hidden_layers = a.layers or cfg.num_hidden_layers
         if a.hidden:
             cfg.hidden_size, cfg.intermediate_size = a.hidden, 4 * a.hidden
             cfg.num_attention_heads = cfg.num_key_value_heads = a.hidden // cfg.head_dim
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        if offsets:
+            init_previous_token_heads(model, offsets)
     print(f"policy: {model.config.num_hidden_layers} layers, hidden {model.config.hidden_size}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
