@@ -138,7 +138,7 @@ class PolicyWorker:
             mp = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
         mesh = init_device_mesh(self.device, (self.world_size,))
         kw = {"mesh": mesh, **({"mp_policy": mp} if mp else {})}
-        for model in (self.model, self.ref_model) if self.ref_model is not None else (self.model,):
+        for model in [m for m in (self.model, self.ref_model) if m is not None]:
             for layer in _decoder_layers(model):
                 fully_shard(layer, **kw)
             fully_shard(model, **kw)

@@ -10,7 +10,6 @@ replica's event loop free to accept (and batch) more requests while the engine r
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from typing import Any, Optional
@@ -24,8 +23,8 @@ app = FastAPI(title="zs-ray search simulator")
 
 # SearchConfig defaults (a plain dict travels to the replica; OmegaConf objects need not).
 DEFAULTS = dict(temperature=0.8, top_p=1.0, max_tokens=600, max_query_chars=512, max_batch_size=32,
-                batch_wait_timeout_s=0.02, max_model_len=2048, kv_cache_gb=1.0, tensor_parallel_size=1, quantization=None,
-                http_host="127.0.0.1", http_port=8000)
+                batch_wait_timeout_s=0.02, max_model_len=2048, kv_cache_gb=1.0, tensor_parallel_size=1,
+                quantization=None, http_host="127.0.0.1", http_port=8000)
 
 
 def _mean_logprob_of_kept(token_strs: list[str], logprobs: list[float], kept_chars: int) -> Optional[float]:
@@ -58,10 +57,10 @@ class SimulatorServer:
             kw.update(tensor_parallel_size=int(self.cfg["tensor_parallel_size"]),
                       quantization=self.cfg["quantization"],
                       gpu_memory_utilization=float(self.cfg.get("gpu_memory_utilization", 0.3)))
-        else:  # in-process engine; KV cache from search.kv_cache_gb (the whole-GiB env var would override it)
-            os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
-            kw.update(distributed_executor_backend="uni",
-                      kv_cache_memory_bytes=int(float(self.cfg["kv_cache_gb"]) * (1 << 30)))
+        else:  # in-process engine, KV cache of search.kv_cache_gb
+            from zs_ray.engine import cpu_kv_cache_kwargs
+
+            kw.update(distributed_executor_backend="uni", **cpu_kv_cache_kwargs(self.cfg["kv_cache_gb"]))
         self.llm = LLM(**kw)
         self.tokenizer = self.llm.get_tokenizer()
         self._generate.set_max_batch_size(int(self.cfg["max_batch_size"]))

