@@ -21,7 +21,7 @@ def test_grpo_raises_training_reward_on_an_easy_world(ray_session, tmp_path):
 
     out = str(tmp_path)
     build_world_assets(out, seed=1, n_entities=24, n_test_entities=4, n_pretrain=0, two_hop_per_place=0,
-                       topk=5)  # the world this test was verified on (five-document demonstrations)
+                       topk=5, policy_size="policy_4l")  # the world and policy it was verified on
     tok = AutoTokenizer.from_pretrained(f"{out}/tokenizer")
     demos = [json.loads(line) for line in open(f"{out}/world/warmstart.jsonl")]
     # a warm start that has the format and half-remembers answers: GRPO then sharpens what it sees rewarded

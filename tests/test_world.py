@@ -7,8 +7,8 @@ import re
 import pytest
 
 from zs_ray import protocol, reward
-from zs_ray.world import (NAME_SYLLABLES, PRETRAIN_SEPARATOR, SOURCE_1HOP, SOURCE_2HOP, VALUE_SYLLABLES,
-                          build_world, load_world, make_world, pretrain_texts, warmstart_demos)
+from zs_ray.prior_texts import PRETRAIN_SEPARATOR, pretrain_texts, warmstart_demos
+from zs_ray.world import NAME_SYLLABLES, SOURCE_1HOP, SOURCE_2HOP, VALUE_SYLLABLES, build_world, load_world, make_world
 
 SMALL = dict(n_entities=60, n_test_entities=20, n_pretrain=50)
 SEARCHR1_COLUMNS = ["id", "question", "golden_answers", "data_source", "prompt", "ability", "reward_model",

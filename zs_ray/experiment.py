@@ -79,7 +79,7 @@ def run_table(out: str = "runs/quickstart", preset: str = "full", seed: int = 0,
     cfg = quickstart_config(out, base)
     if not os.path.exists(f"{out}/simulator_sft/model.safetensors"):  # reuse the quickstart's prior and simulator
         build_world_assets(f"{out}/world", seed=seed)
-        build_prior(out, b["pretrain_steps"], b["warm_steps"], seed, progress)
+        build_prior(out, b["pretrain_steps"], b["warm_steps"], seed, progress, b["induction_steps"])
         train_simulator(out, b["sim_steps"], seed, progress)
     results, curves = {}, {}
     a = lambda s: s.get(AVERAGE) or next(iter(s.values()))  # noqa: E731

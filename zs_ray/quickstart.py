@@ -18,8 +18,9 @@ DEFAULT_CONFIG = os.path.join(REPO, "configs", "cpu_default.yaml")
 
 # Budgets (optimiser steps / RL steps). "full" is the quickstart; "smoke" is for tests.
 PRESETS = {
-    "full": dict(pretrain_steps=1500, warm_steps=300, sim_steps=400, rl_steps=30, eval_rows=200),
-    "smoke": dict(pretrain_steps=20, warm_steps=20, sim_steps=20, rl_steps=2, eval_rows=8),
+    "full": dict(induction_steps=1000, pretrain_steps=3000, warm_steps=300, sim_steps=400, rl_steps=30,
+                 eval_rows=200),
+    "smoke": dict(induction_steps=5, pretrain_steps=20, warm_steps=20, sim_steps=20, rl_steps=2, eval_rows=8),
 }
 
 
@@ -78,7 +79,8 @@ def copy_probe_items(world_dir: str, n: int = 100, split: str = "test") -> list[
     """(question, prompt, response prefix, answer) of `n` held-out clean demonstrations (real BM25 top-k, gold
     passage in), each response cut right after the final "<think> NAME ATTR is". Built once per probe set:
     it retrieves with BM25 over the whole corpus."""
-    from .world import load_world, warmstart_demos
+    from .prior_texts import warmstart_demos
+    from .world import load_world
 
     items = []
     for q, prompt, segs in warmstart_demos(load_world(world_dir), split, with_segments=True)[:n]:
@@ -110,18 +112,33 @@ def copy_accuracy(model, tok, items, chat: bool) -> dict:
     return {"all": total[0] / max(1, total[1]), **{k: h[0] / max(1, h[1]) for k, h in hits.items()}, "n": total[1]}
 
 
-def build_prior(out: str, pretrain_steps: int, warm_steps: int, seed: int = 0, progress=print) -> dict:
-    """Copy pre-training on drills (LEARNING_NOTES: copying is the bottleneck), then the format warm start."""
+def build_prior(out: str, pretrain_steps: int, warm_steps: int, seed: int = 0, progress=print,
+                induction_steps: int = 0) -> dict:
+    """The policy's prior, three steps (zs_ray/prior_texts.py says why; README "Status and results" has the numbers):
+    an induction head on clean repeats, then copy drills mixed with shuffled fact recall, then the format warm start.
+    """
+    import random
+
     from transformers import AutoTokenizer
 
-    from .sft import encode_chat_example, encode_text_example, sft_train
-    from .world import PRETRAIN_SEPARATOR
+    from .prior_texts import PRETRAIN_SEPARATOR, fact_recall, induction_sequence
+    from .sft import encode_chat_example, encode_segments, encode_text_example, sft_train
+    from .world import NAME_SYLLABLES, VALUE_SYLLABLES
 
     tok = AutoTokenizer.from_pretrained(f"{out}/world/tokenizer")
+    rng, model, seconds, tokens = random.Random(f"prior-{seed}"), f"{out}/world/policy", 0.0, 0
+    opt = dict(lr=2e-3, betas=(0.9, 0.95), warmup=50, seed=seed, threads=2, progress=progress, log_every=100)
+    if induction_steps:
+        words = NAME_SYLLABLES + VALUE_SYLLABLES + list("0123456789")
+        ind = [encode_segments(tok, induction_sequence(rng, words)) for _ in range(32 * induction_steps)]
+        r = sft_train(model, ind, tokenizer=tok, steps=induction_steps, batch_size=32, label="induction", **opt)
+        model, seconds, tokens = r["model"], r["seconds"], r["trained_tokens"]
+        progress(f"[prior] induction: loss {r['final_loss']:.3f} on the repeats (~0.3 once an induction head formed)")
     texts = [t for t in open(f"{out}/world/world/pretrain.txt").read().split(PRETRAIN_SEPARATOR) if t.strip()]
-    pre = sft_train(f"{out}/world/policy", [encode_text_example(tok, t) for t in texts], tokenizer=tok,
-                    steps=pretrain_steps, lr=2e-3, batch_size=8, warmup=50, seed=seed, threads=2,
-                    out_dir=f"{out}/policy_pre", progress=progress, label="pretrain", log_every=100)
+    examples = [encode_text_example(tok, t) for t in texts]
+    examples += [encode_segments(tok, segs) for t in texts for segs in fact_recall(rng, t)]
+    pre = sft_train(model, examples, tokenizer=tok, steps=pretrain_steps, batch_size=8, out_dir=f"{out}/policy_pre",
+                    label="pretrain", **opt)
     demos = [json.loads(line) for line in open(f"{out}/world/world/warmstart.jsonl")]
     warm = sft_train(f"{out}/policy_pre", [encode_chat_example(tok, d["prompt"], d["response"]) for d in demos],
                      tokenizer=tok, steps=warm_steps, lr=1e-3, batch_size=8, warmup=20, seed=seed, threads=2,
@@ -132,8 +149,8 @@ def build_prior(out: str, pretrain_steps: int, warm_steps: int, seed: int = 0, p
     progress(f"[prior] held-out copy accuracy: after pre-training {copy['prior']['all']:.1%}, "
              f"after the warm start {copy['warm']['all']:.1%}")
     return {"copy_accuracy": copy, "pretrain_loss": pre["final_loss"], "warm_loss": warm["final_loss"],
-            "prior_seconds": pre["seconds"] + warm["seconds"],
-            "prior_tokens": pre["trained_tokens"] + warm["trained_tokens"]}
+            "prior_seconds": seconds + pre["seconds"] + warm["seconds"],
+            "prior_tokens": tokens + pre["trained_tokens"] + warm["trained_tokens"]}
 
 
 def train_simulator(out: str, steps: int, seed: int = 0, progress=print) -> dict:
@@ -176,7 +193,7 @@ def run(out: str = "runs/quickstart", preset: str = "full", seed: int = 0, overr
     # Training and evaluation (a vLLM engine) in child processes: their memory goes back to the OS before
     # the GRPO stage starts its actors (in_child_process).
     results.update(st.run("prior", build_prior, out, b["pretrain_steps"], b["warm_steps"], seed, progress,
-                          isolate=True))
+                          b["induction_steps"], isolate=True))
     results["simulator"] = st.run("simulator", train_simulator, out, b["sim_steps"], seed, progress, isolate=True)
     warm = st.run("eval warm start", evaluate, cfg, f"{out}/policy_warm", b["eval_rows"], "warm", isolate=True)
     from .trainer import run as train

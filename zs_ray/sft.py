@@ -48,6 +48,16 @@ def encode_chat_example(tokenizer, prompt: str, response: str, add_eos: bool = T
     return Example(ids, mask)
 
 
+def encode_segments(tokenizer, segments) -> Example:
+    """(text, learn) pieces, tokenized one by one (zs_ray.prior_texts.Segments)."""
+    ids, mask = [], []
+    for text, learn in segments:
+        t = tokenizer.encode(text, add_special_tokens=False)
+        ids += t
+        mask += [int(learn)] * len(t)
+    return Example(ids, mask)
+
+
 def encode_text_example(tokenizer, text: str) -> Example:
     """Plain language-model text (pre-training): every token is learned."""
     ids = tokenizer.encode(text, add_special_tokens=False)
@@ -76,6 +86,7 @@ def _batches(examples: Sequence[Example], batch_size: int, pad_id: int, rng: ran
 def sft_train(model_or_path, examples: Sequence[Example], *, out_dir: Optional[str] = None, tokenizer=None,
               epochs: float = 1.0, steps: Optional[int] = None, lr: float = 1e-3, batch_size: int = 16,
               max_len: int = 1024, weight_decay: float = 0.01, warmup: int = 20, grad_clip: float = 1.0,
+              betas: tuple[float, float] = (0.9, 0.999),
               seed: int = 0, threads: Optional[int] = None, log_every: int = 50,
               progress: Callable[[str], None] = print, label: str = "sft") -> dict:
     """Train a causal LM on masked examples; saves to `out_dir` (safetensors + tokenizer) when given."""
@@ -91,7 +102,7 @@ def sft_train(model_or_path, examples: Sequence[Example], *, out_dir: Optional[s
     pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
     per_epoch = max(1, len(examples) // batch_size)
     total = steps if steps is not None else max(1, int(math.ceil(epochs * per_epoch)))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup)))
     model.train()
     rng, step, t0, losses, tokens = random.Random(seed), 0, time.perf_counter(), [], 0

@@ -1,8 +1,8 @@
 """A deterministic synthetic knowledge world: the data of the CPU default (DESIGN.md §4).
 
 Made-up entities with made-up facts, a passage corpus, single- and two-hop questions in the
-Search-R1 parquet format, plus the text a tiny policy's prior needs (copy drills, warm-start
-demonstrations). Everything follows from one seed: the same seed gives byte-identical files.
+Search-R1 parquet format; the text of the policy's prior (warm-start demonstrations, copy drills) is
+in zs_ray/prior_texts.py. Everything follows from one seed: the same seed gives byte-identical files.
 
 What the world looks like (choices follow /work/shared/LEARNING_NOTES.md):
 - Names are two *name syllables* ("ka lo"); syllable-valued facts are two *value syllables*
@@ -29,11 +29,10 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Optional
+from typing import Mapping, Optional
 
-from .protocol import make_prompt, observation_text, render_documents
+from .protocol import make_prompt
 
 # ---------------------------------------------------------------------------------------------
 # Vocabulary of the world (fixed, independent of the seed, so every world shares one tokenizer)
@@ -93,7 +92,7 @@ class WorldParams:
     neighbour_frac: float = 0.3  # places whose passage also names a neighbour place
     two_hop_per_place: int = 2  # two-hop questions per place (0 = single-hop only)
     topk: int = 3  # documents per search in demonstrations and drills (= the config's search.topk)
-    n_pretrain: int = 4000  # copy drills in pretrain.txt
+    n_pretrain: int = 12000  # copy drills in pretrain.txt (~ one pass of the quickstart's 3,000 x 8 steps)
 
 
 @dataclass
@@ -288,140 +287,6 @@ def search_query(name: str, attr: str) -> str:
     return f"{name} {attr}"
 
 
-def demonstration_turns(q: Question, docs_per_hop: list[list[str]]) -> list[tuple[str, bool]]:
-    """(text, from_environment) segments of the response: policy turns and information blocks.
-
-    The last think repeats the fact sentence and the answer copies its value from there: copying a
-    whole sentence out of a document is what LEARNING_NOTES found a tiny model can learn.
-    """
-    (name, attr0), value = q.hops[0], q.answers[0]
-    segs: list[tuple[str, bool]] = []
-    if len(q.hops) == 1:
-        segs.append((f"<think> i need the {attr0} of {name} . </think> <search> {search_query(name, attr0)} </search>",
-                     False))
-        segs.append((observation_text(render_documents(docs_per_hop[0])), True))
-    else:
-        bridge, attr = q.hops[1]
-        segs.append((f"<think> i need the {attr0} of {name} first . </think> "
-                     f"<search> {search_query(name, attr0)} </search>", False))
-        segs.append((observation_text(render_documents(docs_per_hop[0])), True))
-        segs.append((f"<think> {fact_sentence(name, attr0, bridge)} now i need the {attr} of {bridge} . </think> "
-                     f"<search> {search_query(bridge, attr)} </search>", False))
-        segs.append((observation_text(render_documents(docs_per_hop[1])), True))
-        name, attr0 = bridge, attr
-    segs.append((f"<think> {fact_sentence(name, attr0, value)} </think> <answer> {value} </answer>", False))
-    return segs
-
-
-def _retrieve_bm25(world: World, queries: list[str], topk: int) -> list[list[tuple[str, str]]]:
-    """Real BM25 (zs_ray.retrieval, the evaluation backend) over the world's corpus: (id, text) hits."""
-    from .retrieval import BM25Index
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "corpus.jsonl")
-        _write_jsonl(path, world.passages)
-        index = BM25Index.build(path)
-    return [[(h.id, h.text) for h in hits] for hits in index.search_with_ids(queries, topk)]
-
-
-def _with_gold(hits: list[tuple[str, str]], gold_id: str, gold_text: str, topk: int) -> list[str]:
-    """The top-k texts, the gold passage put in place of the last one if BM25 missed it (rare)."""
-    if gold_id not in [i for i, _ in hits]:
-        hits = hits[: topk - 1] + [(gold_id, gold_text)]
-    return [t for _, t in hits]
-
-
-def warmstart_demos(world: World, split: str = "train", topk: Optional[int] = None,
-                    with_segments: bool = False) -> list:
-    """Clean demonstrations for the warm start: (prompt_text, response_text) per question of `split`.
-
-    The documents are the real BM25 top-k of each query (the evaluation backend, in its order), with
-    the gold passage guaranteed in. `with_segments=True` returns (question, prompt, segments) instead,
-    segments being (text, from_environment) so callers can mask the information blocks.
-    """
-    topk = topk or world.params.topk
-    qs = world.split(split)
-    queries = [search_query(n, a) for q in qs for n, a in q.hops]
-    hits = iter(_retrieve_bm25(world, queries, topk))
-    out = []
-    for q in qs:
-        docs = [_with_gold(next(hits), pid, doc_text(world.passage(pid)), topk) for pid in q.gold_passage_ids]
-        segs = demonstration_turns(q, docs)
-        prompt = make_prompt(q.question)
-        out.append((q, prompt, segs) if with_segments else (prompt, "".join(t for t, _ in segs)))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Pre-training text: copy drills on throwaway worlds
-# ---------------------------------------------------------------------------------------------
-
-def _syllable_index(world: World) -> dict[str, list[dict]]:
-    """Name syllable -> passages whose text contains it (for look-alike documents)."""
-    index: dict[str, list[dict]] = {}
-    for p in world.passages:
-        for s in sorted(set(p["contents"].split()) & _NAME_SET):
-            index.setdefault(s, []).append(p)
-    return index
-
-
-def _title(passage: dict) -> str:
-    """The entity name a passage is about (its quoted first line, as `passage_contents` writes it)."""
-    return passage["contents"].partition("\n")[0].strip('"')
-
-
-def _lookalike_passages(rng: random.Random, world: World, index: dict, gold_id: str, topk: int) -> list[dict]:
-    """Gold passage plus look-alike passages (sharing a name syllable), shuffled: BM25-like results."""
-    gold = world.passage(gold_id)
-    near = {p["id"]: p for s in _title(gold).split() for p in index.get(s, [])}
-    near.pop(gold_id, None)
-    rows = rng.sample(sorted(near.values(), key=lambda p: int(p["id"])), min(topk - 1, len(near))) + [gold]
-    rng.shuffle(rows)
-    return rows
-
-
-def recall_questions(rng: random.Random, world: World, rows: list[dict], n: int) -> str:
-    """Up to `n` more questions about facts *shown* in `rows`, each answered by copying its sentence.
-
-    Drills are dense in copy events this way: one trajectory's documents serve several lookups, and
-    every lookup is keyed by entity *and* attribute among look-alikes (the skill the policy lacks).
-    """
-    names = dict.fromkeys(_title(p) for p in rows)  # ordered, each entity once
-    facts = [(name, a, v) for name in names for a, v in world.entity(name).facts.items() if a not in NAME_VALUED]
-    picks = rng.sample(facts, min(n, len(facts)))
-    return "".join(f"\nQuestion: what is the {a} of {name}?\n<think> {fact_sentence(name, a, v)} </think> "
-                   f"<answer> {v} </answer>" for name, a, v in picks)
-
-
-def pretrain_texts(n: int, seed: int = 0, topk: int = 3, params: WorldParams | None = None,
-                   recall: int = 4) -> Iterator[str]:
-    """`n` copy drills: "Question: ...\\n" + a full clean trajectory with look-alike documents, then
-    `recall` more questions answered from the same documents.
-
-    The drills come from *throwaway* worlds (other seeds, same syllables), never the real one, so
-    pre-training teaches copying from context, not the real world's facts (a fact of the real world
-    can recur in a drill only by chance, and then among look-alikes with other values).
-    """
-    base = params or WorldParams(n_entities=300, n_test_entities=0, n_pretrain=0)
-    rng = random.Random(f"pretrain-{seed}")
-    made, k = 0, 0
-    while made < n:
-        w = make_world(base, seed=10_000_019 * (seed + 1) + k)
-        k += 1
-        index = _syllable_index(w)
-        for q in w.split("train"):
-            if made >= n:
-                break
-            shown = [_lookalike_passages(rng, w, index, pid, topk) for pid in q.gold_passage_ids]
-            turns = demonstration_turns(q, [[doc_text(p) for p in rows] for rows in shown])
-            yield (f"Question: {q.question}\n" + "".join(t for t, _ in turns)
-                   + recall_questions(rng, w, [p for rows in shown for p in rows], recall))
-            made += 1
-
-
-PRETRAIN_SEPARATOR = "\n<|endoftext|>\n"  # GPT-2 style document separator (a special token of ours)
-
-
 # ---------------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------------
@@ -486,6 +351,7 @@ def build_world(out_dir=None, **kwargs) -> dict[str, str]:
         _, p = _params_from(kwargs)
     if not out_dir:
         raise ValueError("build_world needs out_dir")
+    from .prior_texts import PRETRAIN_SEPARATOR, pretrain_texts, warmstart_demos
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     world = make_world(p)
@@ -541,6 +407,8 @@ def load_world(out_dir: str) -> World:
 
 def tokenizer_texts(world: World, topk: Optional[int] = None) -> list[str]:
     """Corpus, prompts and demonstrations: what the world's tokenizer must encode compactly."""
+    from .prior_texts import warmstart_demos
+
     # The whole syllable inventory and the digits, so each is one token even in a small world.
     texts = [" ".join(NAME_SYLLABLES + VALUE_SYLLABLES + list("0123456789"))] * 20
     texts += [p["contents"] for p in world.passages]
@@ -551,6 +419,8 @@ def tokenizer_texts(world: World, topk: Optional[int] = None) -> list[str]:
 
 def token_stats(tokenizer, world: World, n: int = 200) -> dict:
     """Tokens of a typical chat-templated prompt and of 1-hop / 2-hop demonstrations."""
+    from .prior_texts import warmstart_demos
+
     demos = warmstart_demos(world, "train", with_segments=True)[:n]
     stats: dict = {}
     for src in (SOURCE_1HOP, SOURCE_2HOP):
@@ -568,7 +438,7 @@ def token_stats(tokenizer, world: World, n: int = 200) -> dict:
 
 
 def build_world_assets(out_dir: str, seed: int = 0, vocab_size: int = 1000, policy_arch: str = "llama",
-                       simulator_arch: str = "qwen2", **world_kwargs) -> dict[str, str]:
+                       simulator_arch: str = "qwen2", policy_size: str = "policy", **world_kwargs) -> dict[str, str]:
     """The world files plus a tokenizer trained on them and the tiny policy and simulator models."""
     from transformers import AutoTokenizer
 
@@ -579,7 +449,7 @@ def build_world_assets(out_dir: str, seed: int = 0, vocab_size: int = 1000, poli
     tok_dir = os.path.join(out_dir, "tokenizer")
     train_tokenizer(tokenizer_texts(world), tok_dir, vocab_size=vocab_size)
     paths["tokenizer"] = tok_dir
-    paths["policy"] = make_tiny_model(tok_dir, os.path.join(out_dir, "policy"), size="policy",
+    paths["policy"] = make_tiny_model(tok_dir, os.path.join(out_dir, "policy"), size=policy_size,
                                       arch=policy_arch, seed=seed)
     paths["simulator"] = make_tiny_model(tok_dir, os.path.join(out_dir, "simulator"), size="simulator",
                                          arch=simulator_arch, seed=seed + 1)
@@ -592,7 +462,7 @@ def build_world_assets(out_dir: str, seed: int = 0, vocab_size: int = 1000, poli
 
 __all__ = [
     "WorldParams", "Entity", "Question", "World", "make_world", "build_world", "build_world_assets", "load_world",
-    "warmstart_demos", "pretrain_texts", "demonstration_turns", "searchr1_rows", "write_parquet", "doc_text",
+    "searchr1_rows", "write_parquet", "doc_text",
     "fact_sentence", "passage_contents", "tokenizer_texts", "token_stats", "world_summary",
-    "NAME_SYLLABLES", "VALUE_SYLLABLES", "PRETRAIN_SEPARATOR", "SOURCE_1HOP", "SOURCE_2HOP",
+    "NAME_SYLLABLES", "VALUE_SYLLABLES", "SOURCE_1HOP", "SOURCE_2HOP",
 ]
