@@ -112,7 +112,7 @@ def main(argv=None) -> None:
     from zs_ray.prior_texts import fact_recall, induction_sequence, pretrain_texts
     from zs_ray.quickstart import copy_accuracy, copy_probe_items
     from zs_ray.sft import _batches, encode_segments, encode_text_example
-    from zs_ray.world import NAME_SYLLABLES, VALUE_SYLLABLES, build_world_assets
+    from zs_ray.world import WORDS, build_world_assets
 
     torch.set_num_threads(2)
     if not os.path.exists(f"{a.out}/world/policy/model.safetensors"):
@@ -135,7 +135,7 @@ def main(argv=None) -> None:
     print(f"policy: {model.config.num_hidden_layers} layers, hidden {model.config.hidden_size}, "
           f"FFN {model.config.intermediate_size}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters",
           flush=True)
-    rng, words = random.Random(a.seed), NAME_SYLLABLES + VALUE_SYLLABLES + list("0123456789")
+    rng, words = random.Random(a.seed), WORDS
     items = None
 
     def induction_batches(batch):

@@ -63,10 +63,9 @@ def test_stop_string_kept_and_tokens_untouched(engines):
     full = gen_all(vl, [ids], max_tokens=32, temperature=0.0)[0]
     # stop on the text of a generated token from the 6th on (first occurrence at or before it); a byte-level
     # token that is half a UTF-8 character decodes to U+FFFD and is no stop string, so skip those
-    at = next(i for i in range(5, len(full.token_ids))
-              if vl.tokenizer.decode(full.token_ids[i:i + 1]).strip() not in ("", "\ufffd")
-              and "\ufffd" not in vl.tokenizer.decode(full.token_ids[i:i + 1]))
-    stop = vl.tokenizer.decode(full.token_ids[at:at + 1]).strip()
+    texts = [vl.tokenizer.decode([t]).strip() for t in full.token_ids]
+    at = next(i for i in range(5, len(texts)) if texts[i] and "\ufffd" not in texts[i])
+    stop = texts[at]
     for e in (vl, hf):
         g = gen_all(e, [ids], max_tokens=32, temperature=0.0, stop=[stop])[0]
         assert g.finish_reason == "stop" and g.stop_str == stop, e

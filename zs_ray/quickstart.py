@@ -123,14 +123,13 @@ def build_prior(out: str, pretrain_steps: int, warm_steps: int, seed: int = 0, p
 
     from .prior_texts import PRETRAIN_SEPARATOR, fact_recall, induction_sequence
     from .sft import encode_chat_example, encode_segments, encode_text_example, sft_train
-    from .world import NAME_SYLLABLES, VALUE_SYLLABLES
+    from .world import WORDS
 
     tok = AutoTokenizer.from_pretrained(f"{out}/world/tokenizer")
     rng, model, seconds, tokens = random.Random(f"prior-{seed}"), f"{out}/world/policy", 0.0, 0
     opt = dict(lr=2e-3, betas=(0.9, 0.95), warmup=50, seed=seed, threads=2, progress=progress, log_every=100)
     if induction_steps:
-        words = NAME_SYLLABLES + VALUE_SYLLABLES + list("0123456789")
-        ind = [encode_segments(tok, induction_sequence(rng, words)) for _ in range(32 * induction_steps)]
+        ind = [encode_segments(tok, induction_sequence(rng, WORDS)) for _ in range(32 * induction_steps)]
         r = sft_train(model, ind, tokenizer=tok, steps=induction_steps, batch_size=32, label="induction", **opt)
         model, seconds, tokens = r["model"], r["seconds"], r["trained_tokens"]
         progress(f"[prior] induction: loss {r['final_loss']:.3f} on the repeats (~0.3 once an induction head formed)")

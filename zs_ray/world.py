@@ -65,6 +65,7 @@ def _value_syllables(n: int = 50) -> list[str]:
 NAME_SYLLABLES = _name_syllables()
 VALUE_SYLLABLES = _value_syllables()
 _NAME_SET = set(NAME_SYLLABLES)
+WORDS = NAME_SYLLABLES + VALUE_SYLLABLES + list("0123456789")  # every one a single token (token_stats)
 
 PLACE, PERSON = "place", "person"
 PLACE_OPTIONAL = ("capital", "river", "year")  # a place has a founder and 2-3 of these
@@ -410,7 +411,7 @@ def tokenizer_texts(world: World, topk: Optional[int] = None) -> list[str]:
     from .prior_texts import warmstart_demos
 
     # The whole syllable inventory and the digits, so each is one token even in a small world.
-    texts = [" ".join(NAME_SYLLABLES + VALUE_SYLLABLES + list("0123456789"))] * 20
+    texts = [" ".join(WORDS)] * 20
     texts += [p["contents"] for p in world.passages]
     texts += [q.question for q in world.questions]  # the prompt template itself is in protocol_texts()
     texts += [r for _, r in warmstart_demos(world, "train", topk=topk)]
@@ -432,8 +433,7 @@ def token_stats(tokenizer, world: World, n: int = 200) -> dict:
         r_len = [len(tokenizer("".join(t for t, _ in s))["input_ids"]) for _, _, s in sel]
         stats[src] = {"prompt_tokens_mean": sum(p_len) / len(p_len), "response_tokens_mean": sum(r_len) / len(r_len),
                       "total_tokens_max": max(a + b for a, b in zip(p_len, r_len))}
-    words = [" " + s for s in NAME_SYLLABLES + VALUE_SYLLABLES] + [" " + str(d) for d in range(10)]
-    stats["multi_token_syllables"] = [w.strip() for w in words if len(tokenizer(w)["input_ids"]) != 1]
+    stats["multi_token_syllables"] = [w for w in WORDS if len(tokenizer(" " + w)["input_ids"]) != 1]
     return stats
 
 
@@ -464,5 +464,5 @@ __all__ = [
     "WorldParams", "Entity", "Question", "World", "make_world", "build_world", "build_world_assets", "load_world",
     "searchr1_rows", "write_parquet", "doc_text",
     "fact_sentence", "passage_contents", "tokenizer_texts", "token_stats", "world_summary",
-    "NAME_SYLLABLES", "VALUE_SYLLABLES", "SOURCE_1HOP", "SOURCE_2HOP",
+    "NAME_SYLLABLES", "VALUE_SYLLABLES", "WORDS", "SOURCE_1HOP", "SOURCE_2HOP",
 ]
