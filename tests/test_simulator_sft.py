@@ -34,7 +34,8 @@ def build_world(out_dir: str, n: int = 40, seed: int = 0):
         corpus.append({"id": f"{i}a", "contents": f"{land}\nThe capital of {land} is {city} ."})
         for j, f in enumerate(rng.sample(FILLERS, 2)):
             corpus.append({"id": f"{i}b{j}", "contents": f"{land}\n{land} is {f} ."})
-        questions.append({"question": f"What is the capital of {land}?", "golden_answers": [city]})
+        questions.append({"question": f"What is the capital of {land}?", "golden_answers": [city],
+                          "data_source": "tiny_world"})
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "corpus.jsonl")
     with open(path, "w") as fh:
@@ -96,6 +97,22 @@ def test_contains_answer_and_label():
     assert judge("q", ["x"], ["Paris"]) == S.USEFUL and judge("q", ["x"], ["Lyon"]) == S.NOISY
 
 
+def test_lead_with_answer_ranks_documents_and_sentences():
+    docs = ["ka ro: ka ro year is 1 2 . ka ro river is tel .", "vi sa: vi sa capital is mun . vi sa river is dor .",
+            "no title here . the answer dor again ."]
+    out = S.lead_with_answer(docs, ["dor"])
+    # answer-bearing documents first, in their retrieved order; the one without keeps its text
+    assert out == ["vi sa: vi sa river is dor . vi sa capital is mun .", "the answer dor again . no title here .",
+                   "ka ro: ka ro year is 1 2 . ka ro river is tel ."]
+    assert S.lead_with_answer(docs, ["nothing"]) == docs
+    pairs = [dict(query="q", question="q", golden_answers=["dor"], docs=docs),
+             dict(query="q", question="q", golden_answers=["zzz"], docs=docs)]
+    useful = next(r for r in S.label_and_balance(pairs) if r["label"] == "useful")
+    assert useful["docs"] == out
+    kept = next(r for r in S.label_and_balance(pairs, answer_first=False) if r["label"] == "useful")
+    assert kept["docs"] == docs
+
+
 def test_pairs_from_trajectories_keep_own_question():
     trajs = [{"question": "Q1", "golden_answers": ["a1"], "search_calls": [{"query": "x", "docs": ["d a1"]},
                                                                           {"query": "y", "docs": []}]},
@@ -150,3 +167,5 @@ def test_sft_learns_useful_vs_noisy(sft_sim):
     assert ev["useful_hit"] >= 0.70, ev
     assert ev["noisy_hit"] <= 0.30, ev
     assert ev["well_formed"] >= 0.5, ev
+    assert ev["by_source"] == {"tiny_world": {"useful_hit": ev["useful_hit"], "noisy_hit": ev["noisy_hit"],
+                                              "n": len(rows)}}

@@ -18,7 +18,7 @@ DEFAULT_CONFIG = os.path.join(REPO, "configs", "cpu_default.yaml")
 
 # Budgets (optimiser steps / RL steps). "full" is the quickstart; "smoke" is for tests.
 PRESETS = {
-    "full": dict(induction_steps=1000, pretrain_steps=3000, warm_steps=300, sim_steps=400, rl_steps=30,
+    "full": dict(induction_steps=1000, pretrain_steps=3000, warm_steps=300, sim_steps=1500, rl_steps=30,
                  eval_rows=200),
     "smoke": dict(induction_steps=5, pretrain_steps=20, warm_steps=20, sim_steps=20, rl_steps=2, eval_rows=8),
 }
@@ -163,7 +163,7 @@ def train_simulator(out: str, steps: int, seed: int = 0, progress=print) -> dict
     # same skill the policy needs (from random init the tiny simulator memorises instead of copying).
     res = run(f"{out}/policy_pre", f"{out}/simulator_job", questions=rows,
               corpus=f"{out}/world/world/corpus.jsonl", topk=3, steps=steps, seed=seed, log=progress,
-              eval_questions=50)
+              eval_questions=100)
     shutil.rmtree(f"{out}/simulator_sft", ignore_errors=True)
     shutil.copytree(res["model_dir"], f"{out}/simulator_sft")
     return {k: v for k, v in res.items() if isinstance(v, (int, float, str))}

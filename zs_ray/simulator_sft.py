@@ -4,7 +4,9 @@
    gold answers. Two sources: trajectories of a policy talking to real search (`search_calls`), or a
    direct path over a corpus: BM25 for question-derived queries (the CPU default).
 2. Labels: "useful" if a normalised gold answer appears in the documents, else "noisy" (the paper
-   used an LLM judge: `judge_labeller` plugs one in). Classes are balanced by down-sampling.
+   used an LLM judge: `judge_labeller` plugs one in). Classes are balanced by down-sampling. Useful
+   targets lead with the answer (`lead_with_answer`): a small simulator then learns one place to copy
+   it to instead of memorising where each passage happens to state it.
 3. SFT: input = chat template of simulator_prompt("simulate_sft", ..., noisy=label=="noisy"),
    target = the rendered documents + EOS; loss on the target tokens only; fp32 AdamW, plain torch.
 4. Evaluation on held-out questions: ask for useful and for noisy documents and measure how often
@@ -42,6 +44,25 @@ def contains_answer(text: str, golds: Sequence[str]) -> bool:
 
 def answer_in_docs_label(question: str, golds: Sequence[str], docs: Sequence[str]) -> str:
     return USEFUL if contains_answer(" ".join(docs), golds) else NOISY
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def lead_with_answer(docs: Sequence[str], golds: Sequence[str]) -> list[str]:
+    """Documents that contain a gold answer first and, inside each, the sentence holding it first (a
+    "Title: " prefix stays in front); everything else keeps its order. Why: with the answer at a varying
+    place the 2-layer CPU simulator memorised facts instead of copying the prompt's answer (useful
+    documents containing it, 400 SFT steps: 4 % as retrieved, 26 % answer-first; 1,500 steps: 82 %)."""
+    def lead(doc: str) -> str:
+        title, sep, body = doc.partition(": ")
+        if not sep:
+            title, body = "", doc
+        sentences = [x for x in _SENTENCE_END.split(body.strip()) if x]
+        sentences.sort(key=lambda x: not contains_answer(x, golds))  # stable: the rest keep their order
+        return f"{title}{sep}{' '.join(sentences)}"
+    ranked = sorted(docs, key=lambda d: not contains_answer(d, golds))
+    return [lead(d) if contains_answer(d, golds) else d for d in ranked]
 
 
 def judge_labeller(generate: Callable[[str], str]) -> Labeller:
@@ -104,14 +125,16 @@ def pairs_from_corpus(index, questions: Sequence[dict], topk: int = 5, depth: in
 
 
 def label_and_balance(pairs: Sequence[dict], labeller: Labeller = answer_in_docs_label,
-                      seed: int = 0) -> list[dict]:
-    """Label each pair and down-sample the larger class so useful and noisy are equally many."""
+                      seed: int = 0, answer_first: bool = True) -> list[dict]:
+    """Label each pair and down-sample the larger class so useful and noisy are equally many;
+    `answer_first`: useful pairs' documents go through `lead_with_answer`."""
     by = {USEFUL: [], NOISY: []}
     for p in pairs:
         lab = labeller(p["question"], p["golden_answers"], p["docs"])
         if lab not in by:
             raise ValueError(f"labeller returned {lab!r}; expected {USEFUL!r} or {NOISY!r}")
-        by[lab].append({**p, "label": lab})
+        docs = lead_with_answer(p["docs"], p["golden_answers"]) if answer_first and lab == USEFUL else p["docs"]
+        by[lab].append({**p, "docs": list(docs), "label": lab})
     n = min(len(by[USEFUL]), len(by[NOISY]))
     if n == 0:
         raise ValueError(f"cannot balance the SFT set: {len(by[USEFUL])} useful and {len(by[NOISY])} "
@@ -228,7 +251,9 @@ def evaluate_simulator(model_path: str, questions: Sequence[dict], k: int = 5, t
                        max_new_tokens: int = 200, seed: int = 0, threads: int = 2) -> dict:
     """For each held-out {query?, question, golden_answers}: one useful and one noisy generation.
     useful_hit = fraction of useful generations containing a gold answer (want high);
-    noisy_hit = the same for noisy generations (want low); well_formed = fraction with k parsed docs."""
+    noisy_hit = the same for noisy generations (want low); well_formed = fraction with k parsed docs.
+    `by_source` splits both by the rows' `data_source`: a two-hop question asked as one query has an
+    answer no single retrieved passage states, unlike a one-hop one."""
     from .simulator_prompts import parse_documents
 
     reqs = []
@@ -236,18 +261,23 @@ def evaluate_simulator(model_path: str, questions: Sequence[dict], k: int = 5, t
         golds = golds_of(row)
         for noisy in (False, True):
             reqs.append(dict(query=str(row.get("query") or row["question"]), question=str(row["question"]),
-                             answer=golds[0], golds=golds, noisy=noisy))
+                             answer=golds[0], golds=golds, noisy=noisy, source=str(row.get("data_source") or "")))
     texts = generate_docs(model_path, reqs, k, temperature, max_new_tokens, seed=seed, threads=threads)
-    hit = {False: [], True: []}
+    hits: dict = {}  # (source, noisy) -> [hit]; source "" = all rows
     formed = []
     for r, t in zip(reqs, texts):
         docs = parse_documents(t, k).docs
         formed.append(len(docs) == k)
-        hit[r["noisy"]].append(contains_answer(" ".join(docs), r["golds"]))
+        hit = contains_answer(" ".join(docs), r["golds"])
+        for src in {"", r["source"]}:
+            hits.setdefault((src, r["noisy"]), []).append(hit)
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
-    return {"useful_hit": mean(hit[False]), "noisy_hit": mean(hit[True]), "well_formed": mean(formed),
-            "n": len(questions), "examples": [dict(query=r["query"], noisy=r["noisy"], text=t)
-                                              for r, t in list(zip(reqs, texts))[:4]]}
+    by_source = {src: {"useful_hit": mean(hits.get((src, False), [])), "noisy_hit": mean(hits.get((src, True), [])),
+                       "n": len(hits.get((src, False), []))}
+                 for src in sorted({s for s, _ in hits} - {""})}
+    return {"useful_hit": mean(hits.get(("", False), [])), "noisy_hit": mean(hits.get(("", True), [])),
+            "well_formed": mean(formed), "n": len(questions), "by_source": by_source,
+            "examples": [dict(query=r["query"], noisy=r["noisy"], text=t) for r, t in list(zip(reqs, texts))[:4]]}
 
 
 # ---------------------------------------------------------------- the whole job ----------------------
@@ -261,8 +291,8 @@ def split_questions(questions: Sequence[dict], heldout_frac: float, seed: int = 
 
 def run(base_model: str, out_dir: str, questions: Sequence[dict] = (), index=None, corpus: Optional[str] = None,
         trajectories: Sequence[dict] = (), topk: int = 5, heldout_frac: float = 0.1, eval_questions: int = 100,
-        eval_temperature: float = 0.8, labeller: Labeller = answer_in_docs_label, seed: int = 0,
-        log: Callable[[str], None] = print, **train_kw) -> dict:
+        eval_temperature: float = 0.8, labeller: Labeller = answer_in_docs_label, answer_first: bool = True,
+        seed: int = 0, log: Callable[[str], None] = print, **train_kw) -> dict:
     """Collect pairs -> label/balance -> write the set -> SFT -> evaluate on held-out questions."""
     if index is None and corpus and questions:
         from .retrieval import BM25Index
@@ -273,7 +303,7 @@ def run(base_model: str, out_dir: str, questions: Sequence[dict] = (), index=Non
         pairs += pairs_from_corpus(index, train_q, topk=topk, seed=seed)
     if not pairs:
         raise ValueError("simulator SFT: no (query, documents) pairs; give trajectories, or a corpus and questions")
-    rows = label_and_balance(pairs, labeller, seed)
+    rows = label_and_balance(pairs, labeller, seed, answer_first)
     data_path = write_sft_set(rows, os.path.join(out_dir, "sft_data", "train.parquet"))
     log(f"simulator sft: {len(pairs)} pairs -> {len(rows)} balanced rows ({data_path})")
     model_dir = os.path.join(out_dir, "model")
@@ -282,9 +312,13 @@ def run(base_model: str, out_dir: str, questions: Sequence[dict] = (), index=Non
     if held_q:
         ev = evaluate_simulator(model_dir, held_q[:eval_questions], k=topk, temperature=eval_temperature,
                                 seed=seed, threads=train_kw.get("threads", 2))
-        result.update({f"eval_{k}": v for k, v in ev.items() if k != "examples"})
+        result.update({f"eval_{k}": v for k, v in ev.items() if k not in ("examples", "by_source")})
+        for src, m in ev["by_source"].items():
+            result.update({f"eval_{src}_{k}": v for k, v in m.items() if k != "n"})
         log(f"simulator eval on {ev['n']} held-out questions: useful contain the answer {ev['useful_hit']:.1%}, "
-            f"noisy contain it {ev['noisy_hit']:.1%}, well-formed {ev['well_formed']:.1%}")
+            f"noisy contain it {ev['noisy_hit']:.1%}, well-formed {ev['well_formed']:.1%}"
+            + "".join(f"; {src} ({m['n']}): useful {m['useful_hit']:.1%}, noisy {m['noisy_hit']:.1%}"
+                      for src, m in ev["by_source"].items() if src))
         with open(os.path.join(out_dir, "eval.json"), "w") as f:
             json.dump(ev, f, indent=1)
     return result
