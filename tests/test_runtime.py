@@ -55,3 +55,27 @@ def test_local_env_defaults_and_user_values_kept(monkeypatch):
     assert env["VLLM_HOST_IP"] == "127.0.0.1"
     assert env["RAY_AUTH_MODE"] == "disabled"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "3"  # a user's own setting wins
+
+
+def _python(code: str) -> "subprocess.CompletedProcess":
+    """`code` in a fresh interpreter whose environment has none of the loopback settings."""
+    import subprocess
+    import sys
+
+    from zs_ray.runtime import LOOPBACK_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in LOOPBACK_ENV}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_importing_zs_ray_first_makes_ray_loopback_only():
+    # Ray reads the setting when it is first imported; the Trainer imports ray before it starts it.
+    r = _python("import zs_ray.trainer, ray; from ray._private import ray_constants; "
+                "print(ray_constants.ENABLE_RAY_CLUSTER)")
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "False", r.stderr[-2000:]
+
+
+def test_ray_imported_first_is_a_clear_error_not_a_public_listener():
+    r = _python("import ray; from zs_ray.runtime import init_ray; init_ray(num_cpus=1)")
+    assert r.returncode != 0
+    assert "RuntimeError: ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0" in r.stderr, r.stderr[-2000:]

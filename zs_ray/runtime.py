@@ -11,16 +11,16 @@ from __future__ import annotations
 import os
 
 LOOPBACK = "127.0.0.1"
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "VLLM_HOST_IP": LOOPBACK, "MASTER_ADDR": LOOPBACK}
 
 
 def local_env(work_dir: str | None = None) -> dict[str, str]:
     work_dir = os.path.abspath(work_dir or os.environ.get("ZS_RAY_HOME", "runs"))
     return {
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        **LOOPBACK_ENV,
         "RAY_AUTH_MODE": "disabled",
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_DEDUP_LOGS": "1",
-        "VLLM_HOST_IP": LOOPBACK,
         "VLLM_CPU_KVCACHE_SPACE": "1",
         "VLLM_NO_USAGE_STATS": "1",
         "VLLM_DO_NOT_TRACK": "1",
@@ -37,8 +37,14 @@ def local_env(work_dir: str | None = None) -> dict[str, str]:
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-        "MASTER_ADDR": LOOPBACK,
     }
+
+
+def apply_loopback_env() -> None:
+    """The listen/connect settings alone. Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when `ray` is first
+    imported, so `import zs_ray` (and `import actors`) apply them before any code of ours imports ray."""
+    for k, v in LOOPBACK_ENV.items():
+        os.environ.setdefault(k, v)
 
 
 def apply_local_env(work_dir: str | None = None) -> dict[str, str]:
@@ -67,6 +73,13 @@ def init_ray(num_cpus: float | None = None, address: str | None = None, temp_dir
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         return ray.init(address=address, namespace=namespace, log_to_driver=True, **kwargs)
+    from ray._private import ray_constants
+
+    if ray_constants.ENABLE_RAY_CLUSTER and os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
+        # `ray` was imported before these settings: this head would listen on the machine's address.
+        raise RuntimeError("ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set, so a local Ray "
+                           "would listen on the machine's network address, not 127.0.0.1: import zs_ray before "
+                           "ray, or export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0")
     temp_dir = os.path.abspath(temp_dir or os.environ.get("ZS_RAY_TMP", "/tmp/zs_ray"))
     os.makedirs(temp_dir, exist_ok=True)
     return ray.init(
