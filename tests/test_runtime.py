@@ -57,7 +57,7 @@ def test_local_env_defaults_and_user_values_kept(monkeypatch):
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "3"  # a user's own setting wins
 
 
-def _python(code: str) -> "subprocess.CompletedProcess":
+def _python(code: str):
     """`code` in a fresh interpreter whose environment has none of the loopback settings."""
     import subprocess
     import sys
