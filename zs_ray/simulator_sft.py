@@ -62,8 +62,8 @@ def lead_with_answer(docs: Sequence[str], golds: Sequence[str]) -> list[str]:
         sentences = [x for x in _SENTENCE_END.split(body.strip()) if x]
         sentences.sort(key=lambda x: not contains_answer(x, golds))  # stable: the rest keep their order
         return f"{title}{sep}{' '.join(sentences)}"
-    ranked = sorted(docs, key=lambda d: not contains_answer(d, golds))
-    return [lead(d) if contains_answer(d, golds) else d for d in ranked]
+    has = [contains_answer(d, golds) for d in docs]
+    return [lead(d) for d, h in zip(docs, has) if h] + [d for d, h in zip(docs, has) if not h]
 
 
 def judge_labeller(generate: Callable[[str], str]) -> Labeller:
@@ -264,20 +264,22 @@ def evaluate_simulator(model_path: str, questions: Sequence[dict], k: int = 5, t
             reqs.append(dict(query=str(row.get("query") or row["question"]), question=str(row["question"]),
                              answer=golds[0], golds=golds, noisy=noisy, source=str(row.get("data_source") or "")))
     texts = generate_docs(model_path, reqs, k, temperature, max_new_tokens, seed=seed, threads=threads)
-    hits: dict = {}  # (source, noisy) -> [hit]; source "" = all rows
+    outcomes = []  # (source, noisy, hit) per generation
     formed = []
     for r, t in zip(reqs, texts):
         docs = parse_documents(t, k).docs
         formed.append(len(docs) == k)
-        hit = contains_answer(" ".join(docs), r["golds"])
-        for src in {"", r["source"]}:
-            hits.setdefault((src, r["noisy"]), []).append(hit)
+        outcomes.append((r["source"], r["noisy"], contains_answer(" ".join(docs), r["golds"])))
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
-    by_source = {src: {"useful_hit": mean(hits.get((src, False), [])), "noisy_hit": mean(hits.get((src, True), [])),
-                       "n": len(hits.get((src, False), []))}
-                 for src in sorted({s for s, _ in hits} - {""})}
-    return {"useful_hit": mean(hits.get(("", False), [])), "noisy_hit": mean(hits.get(("", True), [])),
-            "well_formed": mean(formed), "n": len(questions), "by_source": by_source,
+
+    def rate(noisy: bool, source: Optional[str] = None) -> float:
+        return mean([h for s, n, h in outcomes if n == noisy and source in (None, s)])
+
+    by_source = {src: {"useful_hit": rate(False, src), "noisy_hit": rate(True, src),
+                       "n": sum(s == src and not n for s, n, _ in outcomes)}
+                 for src in sorted({s for s, _, _ in outcomes if s})}
+    return {"useful_hit": rate(False), "noisy_hit": rate(True), "well_formed": mean(formed), "n": len(questions),
+            "by_source": by_source,
             "examples": [dict(query=r["query"], noisy=r["noisy"], text=t) for r, t in list(zip(reqs, texts))[:4]]}
 
 
@@ -319,7 +321,7 @@ def run(base_model: str, out_dir: str, questions: Sequence[dict] = (), index=Non
         log(f"simulator eval on {ev['n']} held-out questions: useful contain the answer {ev['useful_hit']:.1%}, "
             f"noisy contain it {ev['noisy_hit']:.1%}, well-formed {ev['well_formed']:.1%}"
             + "".join(f"; {src} ({m['n']}): useful {m['useful_hit']:.1%}, noisy {m['noisy_hit']:.1%}"
-                      for src, m in ev["by_source"].items() if src))
+                      for src, m in ev["by_source"].items()))
         with open(os.path.join(out_dir, "eval.json"), "w") as f:
             json.dump(ev, f, indent=1)
     return result
