@@ -60,7 +60,8 @@ def main(cfg) -> dict:
         index = BM25Index.load_or_build(corpus, index_dir) if index_dir else BM25Index.build(corpus)
     result = run(base, sft.output_dir, questions=questions, index=index, trajectories=trajectories,
                  topk=sft.topk, heldout_frac=sft.heldout_frac, eval_questions=sft.eval_questions,
-                 eval_temperature=sft.eval_temperature, answer_first=sft.answer_first, seed=sft.seed,
+                 eval_temperature=sft.eval_temperature, answer_first=sft.answer_first,
+                 answer_aware=sft.answer_aware, seed=sft.seed,
                  steps=sft.steps, batch_size=sft.batch_size,
                  lr=sft.lr, weight_decay=sft.weight_decay, warmup_steps=sft.warmup_steps, grad_clip=sft.grad_clip,
                  max_doc_words=sft.max_doc_words, threads=sft.threads)

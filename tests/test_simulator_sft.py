@@ -113,6 +113,25 @@ def test_lead_with_answer_ranks_documents_and_sentences():
     assert kept["docs"] == docs
 
 
+def test_answer_aware_pairs_give_multi_hop_questions_a_useful_result(tmp_path):
+    """No passage retrieved for a two-hop question states its answer; the answer-aware pair does, and it is
+    shown for the question itself (the query the policy would send)."""
+    from zs_ray.retrieval import BM25Index
+
+    corpus = tmp_path / "corpus.jsonl"
+    passages = ["kavo\nThe founder of kavo is rimas .", "rimas\nThe birthplace of rimas is telmun .",
+                "kavo\nkavo is known for wool trade .", "dorpe\nThe birthplace of dorpe is sageri ."]
+    corpus.write_text("".join(json.dumps({"id": str(i), "contents": c}) + "\n" for i, c in enumerate(passages)))
+    q = [{"question": "What is the birthplace of the founder of kavo?", "golden_answers": ["telmun"]}]
+    index = BM25Index.build(str(corpus))
+    plain = S.pairs_from_corpus(index, q, topk=2, answer_aware=False)
+    assert plain and not any(S.contains_answer(" ".join(p["docs"]), ["telmun"]) for p in plain)
+    aware = [p for p in S.pairs_from_corpus(index, q, topk=2) if p["source"] == "bm25_answer_aware"]
+    assert len(aware) == 1 and aware[0]["query"] == q[0]["question"]
+    assert S.contains_answer(aware[0]["docs"][0], ["telmun"]) and len(aware[0]["docs"]) == 2
+    assert S.answer_in_docs_label(q[0]["question"], ["telmun"], aware[0]["docs"]) == S.USEFUL
+
+
 def test_pairs_from_trajectories_keep_own_question():
     trajs = [{"question": "Q1", "golden_answers": ["a1"], "search_calls": [{"query": "x", "docs": ["d a1"]},
                                                                           {"query": "y", "docs": []}]},

@@ -18,7 +18,7 @@ DEFAULT_CONFIG = os.path.join(REPO, "configs", "cpu_default.yaml")
 
 # Budgets (optimiser steps / RL steps). "full" is the quickstart; "smoke" is for tests.
 PRESETS = {
-    "full": dict(induction_steps=1000, pretrain_steps=3000, warm_steps=300, sim_steps=1500, rl_steps=30,
+    "full": dict(induction_steps=1000, pretrain_steps=3000, warm_steps=300, sim_steps=1500, rl_steps=60,
                  eval_rows=200),
     "smoke": dict(induction_steps=5, pretrain_steps=20, warm_steps=20, sim_steps=20, rl_steps=2, eval_rows=8),
 }
@@ -186,7 +186,9 @@ def run(out: str = "runs/quickstart", preset: str = "full", seed: int = 0, overr
     out = os.path.abspath(out)
     b = PRESETS[preset]
     cfg = quickstart_config(out, [f"trainer.steps={b['rl_steps']}", f"trainer.seed={seed}"] + list(overrides or []))
-    st = Stages({"world": 1, "prior": 25, "simulator": 15, "eval warm start": 8, "grpo": 40, "eval grpo": 8}, progress)
+    # weights: the stages' measured seconds in the full preset (time left = elapsed / done weight x weight left)
+    st = Stages({"world": 10, "prior": 380, "simulator": 120, "eval warm start": 25, "grpo": 280, "eval grpo": 15},
+                progress)
     results: dict = {"preset": preset, "seed": seed}
     st.run("world", build_world_assets, f"{out}/world", seed=seed)
     # Training and evaluation (a vLLM engine) in child processes: their memory goes back to the OS before
