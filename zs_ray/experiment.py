@@ -75,7 +75,7 @@ def run_table(out: str = "runs/quickstart", preset: str = "full", seed: int = 0,
 
     out, b, t0 = os.path.abspath(out), PRESETS[preset], time.perf_counter()
     base = [f"trainer.steps={b['rl_steps']}", f"trainer.seed={seed}",
-            f"trainer.eval_every={max(5, b['rl_steps'] // 6)}",  # six points on each curve
+            f"trainer.eval_every={max(5, b['rl_steps'] // 4)}",  # five points on each curve, with step 0
             f"trainer.eval_rows={b['eval_rows']}", "tracking.experiment=zs-ray-table"]
     cfg = quickstart_config(out, base)
     if not os.path.exists(f"{out}/simulator_sft/model.safetensors"):  # reuse the quickstart's prior and simulator
