@@ -26,6 +26,19 @@ def test_tracker_logs_params_metrics_and_redacts(tmp_path):
     assert "sk-secret-123" not in str(run.data.params)
 
 
+def test_relative_sqlite_uri_keeps_artifacts_next_to_the_store(tmp_path, monkeypatch):
+    # "sqlite:///runs/x/mlflow.db" is relative to the cwd; MLflow refused the "file://runs/x/..." location
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    t = Tracker(_cfg(tmp_path, "sqlite:///rel/mlflow.db"))
+    t.log_text("hello", "samples/a.txt")
+    t.finish()
+    assert t.failures == 0
+    assert (tmp_path / "rel" / "mlartifacts").is_dir()
+    assert mlflow.get_run(t.run_id).info.artifact_uri.startswith((tmp_path / "rel" / "mlartifacts").as_uri())
+
+
 def test_tracker_failure_is_counted_not_raised(tmp_path):
     # an unreachable tracking server: training goes on, the failure is counted and reported
     cfg = _cfg(tmp_path, "http://127.0.0.1:9")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any, Optional
 
 from .config import flatten, redacted
@@ -44,8 +45,9 @@ class Tracker:
         exp_name = cfg.tracking.experiment
         if mlflow.get_experiment_by_name(exp_name) is None and self.uri.startswith("sqlite:"):
             # keep artifacts next to the sqlite store, not in ./mlruns of whatever cwd we run from
-            art = os.path.join(os.path.dirname(self.uri[len("sqlite:///"):]), "mlartifacts")
-            mlflow.create_experiment(exp_name, artifact_location=f"file://{art}")
+            # absolute: "sqlite:///runs/x.db" is relative to the cwd, and MLflow rejects "file://runs/..."
+            art = Path(self.uri[len("sqlite:///"):]).resolve().parent / "mlartifacts"
+            mlflow.create_experiment(exp_name, artifact_location=art.as_uri())
         mlflow.set_experiment(exp_name)
         run_id = os.environ.get("MLFLOW_RUN_ID")
         run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=cfg.tracking.run_name)
