@@ -2,7 +2,9 @@
 
 1. Pairs: (query, documents a REAL search engine returned) with the trajectory's own question and
    gold answers. Two sources: trajectories of a policy talking to real search (`search_calls`), or a
-   direct path over a corpus: BM25 for question-derived queries (the CPU default).
+   direct path over a corpus: BM25 for question-derived queries (the CPU default), plus, per question, the
+   answer-bearing hits of a search for "question + answer" (`answer_aware`: multi-hop questions get a useful
+   example too).
 2. Labels: "useful" if a normalised gold answer appears in the documents, else "noisy" (the paper
    used an LLM judge: `judge_labeller` plugs one in). Classes are balanced by down-sampling. Useful
    targets lead with the answer (`lead_with_answer`): a small simulator then learns one place to copy
