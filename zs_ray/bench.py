@@ -517,11 +517,10 @@ def log_mlflow(rows: list[Row], mode: str, info: dict, text: str, root: str, log
     try:
         import mlflow
 
+        from .tracking import set_experiment
+
         os.makedirs(root, exist_ok=True)
-        mlflow.set_tracking_uri(f"sqlite:///{os.path.join(root, 'mlflow.db')}")
-        if mlflow.get_experiment_by_name("zs-ray-bench") is None:
-            mlflow.create_experiment("zs-ray-bench", artifact_location=f"file://{os.path.join(root, 'mlartifacts')}")
-        mlflow.set_experiment("zs-ray-bench")
+        set_experiment(f"sqlite:///{os.path.join(root, 'mlflow.db')}", "zs-ray-bench")
         with mlflow.start_run(run_name=f"bench-{mode}"):
             mlflow.log_params({"mode": mode, **{k: str(v) for k, v in info.items()}})
             for r in rows:

@@ -22,6 +22,19 @@ def default_uri(output_dir: str) -> str:
     return f"sqlite:///{os.path.join(root, 'mlflow.db')}"
 
 
+def set_experiment(uri: str, name: str) -> None:
+    """Point MLflow at `uri` and select experiment `name`. A new experiment in a sqlite store keeps its
+    artifacts in mlartifacts/ next to the store, not in ./mlruns of whatever cwd we run from; the folder is
+    made absolute because "sqlite:///runs/x.db" is relative to the cwd and MLflow rejects "file://runs/..."."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:") and mlflow.get_experiment_by_name(name) is None:
+        art = Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts"
+        mlflow.create_experiment(name, artifact_location=art.as_uri())
+    mlflow.set_experiment(name)
+
+
 class Tracker:
     def __init__(self, cfg, enabled: bool = True):
         self.failures = 0
@@ -41,14 +54,7 @@ class Tracker:
     def _start(self, cfg):
         import mlflow
 
-        mlflow.set_tracking_uri(self.uri)
-        exp_name = cfg.tracking.experiment
-        if mlflow.get_experiment_by_name(exp_name) is None and self.uri.startswith("sqlite:"):
-            # keep artifacts next to the sqlite store, not in ./mlruns of whatever cwd we run from
-            # absolute: "sqlite:///runs/x.db" is relative to the cwd, and MLflow rejects "file://runs/..."
-            art = Path(self.uri[len("sqlite:///"):]).resolve().parent / "mlartifacts"
-            mlflow.create_experiment(exp_name, artifact_location=art.as_uri())
-        mlflow.set_experiment(exp_name)
+        set_experiment(self.uri, cfg.tracking.experiment)
         run_id = os.environ.get("MLFLOW_RUN_ID")
         run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=cfg.tracking.run_name)
         self.run_id = run.info.run_id
