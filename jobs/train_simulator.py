@@ -64,7 +64,7 @@ def main(cfg) -> dict:
                  answer_aware=sft.answer_aware, seed=sft.seed,
                  steps=sft.steps, batch_size=sft.batch_size,
                  lr=sft.lr, weight_decay=sft.weight_decay, warmup_steps=sft.warmup_steps, grad_clip=sft.grad_clip,
-                 max_doc_words=sft.max_doc_words, threads=sft.threads)
+                 max_doc_words=sft.max_doc_words, answer_weight=sft.answer_weight, threads=sft.threads)
     print(json.dumps({k: v for k, v in result.items()}, indent=1, default=str))
     print(f"set search.simulator_model={result['model_dir']}")
     return result

@@ -26,3 +26,24 @@ def test_sft_lowers_the_loss(tiny_assets, tmp_path):
                   log_every=0, out_dir=str(tmp_path / "out"))
     assert r["losses"][-1] < 0.5 * r["losses"][0]
     assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_weighted_loss_is_the_usual_mean_with_unit_weights_and_counts_heavier_tokens_more():
+    import torch
+    import torch.nn.functional as F
+
+    from zs_ray.sft import weighted_lm_loss
+
+    torch.manual_seed(0)
+    logits, ids = torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5))
+    labels = ids.clone()
+    labels[:, :2] = -100  # the prompt
+    unit = (labels != -100).float()
+    usual = F.cross_entropy(logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert torch.allclose(weighted_lm_loss(logits, labels, unit), usual)
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1), ignore_index=-100,
+                         reduction="none").view(2, 4)
+    heavy = unit.clone()
+    heavy[0, 3] = 4.0  # token 3 of row 0 counts four times
+    want = (ce.sum() + 3 * ce[0, 2]) / (unit.sum() + 3)
+    assert torch.allclose(weighted_lm_loss(logits, labels, heavy), want)

@@ -132,6 +132,24 @@ def test_answer_aware_pairs_give_multi_hop_questions_a_useful_result(tmp_path):
     assert S.answer_in_docs_label(q[0]["question"], ["telmun"], aware[0]["docs"]) == S.USEFUL
 
 
+def test_answer_aware_pairs_find_answers_bm25_cannot_search_for(tmp_path):
+    """bm25s drops one-character tokens, so a year written digit by digit is invisible to a search for the
+    answer; the answer-aware pair still leads with the passage stating it, then the question's own hits."""
+    from zs_ray.retrieval import BM25Index
+
+    corpus = [{"id": "0", "contents": "kavo\nkavo founder is rimas . kavo year is 9 9 0 1 ."},
+              {"id": "1", "contents": "rimas\nrimas year is 1 8 2 1 . rimas school is telmun ."},
+              {"id": "2", "contents": "dorpe\ndorpe year is 1 8 2 2 ."}]
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in corpus))
+    index = BM25Index.build(str(path))
+    assert S.passages_stating(index, ["1 8 2 1", "rimas", "absent"]) == {"1 8 2 1": [1], "rimas": [0, 1]}
+    q = [{"question": "what is the year of the founder of kavo?", "golden_answers": ["1 8 2 1"]}]
+    aware = [p for p in S.pairs_from_corpus(index, q, topk=2) if p["source"] == "bm25_answer_aware"]
+    assert len(aware) == 1 and aware[0]["docs"][0].startswith("rimas: rimas year is 1 8 2 1")
+    assert aware[0]["docs"][1].startswith("kavo:")  # the bridge passage: the question's best BM25 hit
+
+
 def test_pairs_from_trajectories_keep_own_question():
     trajs = [{"question": "Q1", "golden_answers": ["a1"], "search_calls": [{"query": "x", "docs": ["d a1"]},
                                                                           {"query": "y", "docs": []}]},
@@ -160,18 +178,23 @@ def test_balance_and_dataset_roundtrip(tmp_path):
         S.label_and_balance([p for p in pairs if S.contains_answer(" ".join(p["docs"]), p["golden_answers"])])
 
 
-def test_sft_example_masks_prompt(tiny_assets):
+def test_sft_example_masks_prompt_and_weights_the_answer(tiny_assets):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_assets["tokenizer"])
     row = dict(query="q", question="Q?", golden_answers=["a"], docs=["one two", "three"], label="noisy")
-    ids, labels = S.sft_example(tok, row, k=2)
-    n_prompt = sum(l == -100 for l in labels)
-    assert labels[:n_prompt] == [-100] * n_prompt and ids[n_prompt:] == labels[n_prompt:]
+    ids, weights = S.sft_example(tok, row, k=2)
+    n_prompt = sum(w == 0 for w in weights)
+    assert weights == [0.0] * n_prompt + [1.0] * (len(ids) - n_prompt)
     assert tok.decode(ids[:n_prompt]).rstrip().endswith("assistant")
     assert "Noisy Output:" in tok.decode(ids[:n_prompt])
     assert tok.decode(ids[n_prompt:]).startswith("Doc 1: one two\nDoc 2: three")
     assert ids[-1] == tok.eos_token_id
+    useful = dict(row, golden_answers=["1 8 2 1"], docs=["ka ro: ka ro year is 1 8 2 1 .", "three"], label="useful")
+    ids, weights = S.sft_example(tok, useful, k=2, answer_weight=5.0)
+    heavy = [i for i, w in zip(ids, weights) if w == 5.0]
+    assert tok.decode(heavy).split() == "1 8 2 1".split()  # the copied answer, nothing else
+    assert weights.count(1.0) == len(ids) - weights.count(0.0) - len(heavy)
 
 
 # ---------------------------------------------------------------- a real short fine-tune ----------

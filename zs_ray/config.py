@@ -187,7 +187,8 @@ class SimulatorSFTConfig:
     heldout_frac: float = 0.1
     max_doc_words: int = 30
     answer_first: bool = True  # useful targets lead with the answer (simulator_sft.lead_with_answer)
-    answer_aware: bool = True  # + a pair per question retrieved for "question + answer" (multi-hop useful results)
+    answer_aware: bool = True  # + a pair per question led by the passages stating its answer (multi-hop useful results)
+    answer_weight: float = 1.0  # loss weight of the tokens that copy the answer into useful documents (1 = plain SFT)
     steps: int = 300
     batch_size: int = 16
     lr: float = 1e-3  # tiny models; the paper used 1e-6 for 3B-14B

@@ -16,6 +16,9 @@ from typing import Optional
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "cpu_default.yaml")
 
+# The 2-layer simulator copies a 4-digit year from its prompt only when the copied tokens weigh more than the
+# rest of the documents (configs/cpu_default.yaml `simulator_sft.answer_weight` has the numbers).
+SIMULATOR_ANSWER_WEIGHT = 10.0
 # Budgets (optimiser steps / RL steps). "full" is the quickstart; "smoke" is for tests.
 PRESETS = {
     "full": dict(induction_steps=1000, pretrain_steps=3000, warm_steps=300, sim_steps=1500, rl_steps=60,
@@ -163,7 +166,7 @@ def train_simulator(out: str, steps: int, seed: int = 0, progress=print) -> dict
     # same skill the policy needs (from random init the tiny simulator memorises instead of copying).
     res = run(f"{out}/policy_pre", f"{out}/simulator_job", questions=rows,
               corpus=f"{out}/world/world/corpus.jsonl", topk=3, steps=steps, seed=seed, log=progress,
-              eval_questions=100)
+              eval_questions=100, answer_weight=SIMULATOR_ANSWER_WEIGHT)
     shutil.rmtree(f"{out}/simulator_sft", ignore_errors=True)
     shutil.copytree(res["model_dir"], f"{out}/simulator_sft")
     return {k: v for k, v in res.items() if isinstance(v, (int, float, str))}

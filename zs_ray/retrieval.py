@@ -198,6 +198,15 @@ class BM25Index:
                                        format_passage(self.titles[d], self.texts[d], max_words)))
         return out
 
+    def scores(self, query: str) -> np.ndarray:
+        """BM25 score of every passage for one query (zeros when it shares no token with the corpus)."""
+        vocab = self.retriever.vocab_dict
+        toks = [t for t in _tokenize([str(query or "")])[0] if t in vocab]
+        return np.asarray(self.retriever.get_scores(toks)) if toks else np.zeros(len(self.ids))
+
+    def passage(self, i: int, max_words: Optional[int] = None) -> str:
+        return format_passage(self.titles[i], self.texts[i], self.max_words if max_words is None else max_words)
+
     def search(self, queries: list[str], k: int, max_words: Optional[int] = None) -> list[list[str]]:
         """Passage texts per query (the interface zs_ray.search.BM25Search calls)."""
         return [[h.text for h in hits] for hits in self.search_with_ids(queries, k, max_words)]

@@ -22,7 +22,7 @@ _ENV_RE = re.compile(r"(\n*<information>.*?</information>\n*)", re.DOTALL)
 @dataclass
 class Example:
     ids: list[int]
-    mask: list[int]  # 1 = learn this token
+    mask: list[float]  # 0 = context, 1 = learn this token, w > 1 = learn it w times as hard
 
 
 def encode_chat_example(tokenizer, prompt: str, response: str, add_eos: bool = True) -> Example:
@@ -73,14 +73,25 @@ def _batches(examples: Sequence[Example], batch_size: int, pad_id: int, rng: ran
         ids = torch.full((len(chunk), T), pad_id, dtype=torch.long)
         labels = torch.full((len(chunk), T), -100, dtype=torch.long)
         attn = torch.zeros((len(chunk), T), dtype=torch.long)
+        weights = torch.zeros((len(chunk), T))
         for r, e in enumerate(chunk):
             n = min(len(e.ids), T)
             ids[r, :n] = torch.tensor(e.ids[:n])
             attn[r, :n] = 1
+            weights[r, :n] = torch.tensor(e.mask[:n], dtype=torch.float)
             lab = torch.tensor(e.ids[:n])
-            lab[torch.tensor(e.mask[:n]) == 0] = -100
+            lab[weights[r, :n] == 0] = -100
             labels[r, :n] = lab
-        yield ids, attn, labels
+        yield ids, attn, labels, weights
+
+
+def weighted_lm_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy, sum(w * ce) / sum(w) over the learned tokens: with 0/1 weights it is the
+    usual mean over unmasked tokens (what `model(labels=...)` returns)."""
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                           ignore_index=-100, reduction="none")
+    w = weights[:, 1:].flatten() * (labels[:, 1:].flatten() != -100)
+    return (ce * w).sum() / w.sum().clamp_min(1e-8)
 
 
 def sft_train(model_or_path, examples: Sequence[Example], *, out_dir: Optional[str] = None, tokenizer=None,
@@ -107,8 +118,8 @@ def sft_train(model_or_path, examples: Sequence[Example], *, out_dir: Optional[s
     model.train()
     rng, step, t0, losses, tokens = random.Random(seed), 0, time.perf_counter(), [], 0
     while step < total:
-        for ids, attn, labels in _batches(examples, batch_size, pad_id, rng, max_len):
-            loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        for ids, attn, labels, weights in _batches(examples, batch_size, pad_id, rng, max_len):
+            loss = weighted_lm_loss(model(input_ids=ids, attention_mask=attn).logits, labels, weights)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
