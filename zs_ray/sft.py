@@ -64,6 +64,23 @@ def encode_text_example(tokenizer, text: str) -> Example:
     return Example(ids, [1] * len(ids))
 
 
+def upweight(tokenizer, ex: Example, texts: Sequence[str], weight: float) -> Example:
+    """The learned tokens that spell one of `texts` (with or without a leading space: BPE tokens differ) get
+    loss weight `weight`: e.g. the few tokens that copy an answer out of the context, which a plain mean over
+    a long target lets a small model neglect."""
+    mask = list(ex.mask)
+    if weight == 1.0:
+        return Example(ex.ids, mask)
+    forms = {tuple(tokenizer(f, add_special_tokens=False)["input_ids"]) for t in texts if str(t).strip()
+             for f in (f" {t}", str(t))}
+    for form in forms - {()}:
+        n = len(form)
+        for i in range(len(ex.ids) - n + 1):
+            if tuple(ex.ids[i:i + n]) == form and all(m > 0 for m in mask[i:i + n]):
+                mask[i:i + n] = [weight] * n
+    return Example(ex.ids, mask)
+
+
 def _batches(examples: Sequence[Example], batch_size: int, pad_id: int, rng: random.Random, max_len: int):
     order = list(range(len(examples)))
     rng.shuffle(order)

@@ -233,16 +233,11 @@ def sft_example(tokenizer, row: dict, k: int, max_doc_words: int = 30,
     docs = [" ".join(str(d).split()[:max_doc_words]) for d in row["docs"][:k]]
     p_ids = encode_prompt(tokenizer, prompt)
     t_ids = tokenizer(render_documents(docs), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    weights = [1.0] * len(t_ids)
-    if answer_weight != 1.0:
-        for gold in row["golden_answers"]:
-            for form in {tuple(tokenizer(f" {gold}", add_special_tokens=False)["input_ids"]),
-                         tuple(tokenizer(str(gold), add_special_tokens=False)["input_ids"])}:
-                n = len(form)
-                for i in range(len(t_ids) - n + 1) if n else ():
-                    if tuple(t_ids[i:i + n]) == form:
-                        weights[i:i + n] = [answer_weight] * n
-    return p_ids + t_ids, [0.0] * len(p_ids) + weights
+    from .sft import Example, upweight  # torch: only where the SFT set is encoded
+
+    ex = upweight(tokenizer, Example(p_ids + t_ids, [0.0] * len(p_ids) + [1.0] * len(t_ids)),
+                  row["golden_answers"], answer_weight)
+    return ex.ids, ex.mask
 
 
 def train_sft(base_model: str, rows: Sequence[dict], out_dir: str, k: int = 5, steps: int = 300,
