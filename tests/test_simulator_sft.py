@@ -114,7 +114,8 @@ def test_lead_with_answer_ranks_documents_and_sentences():
     assert kept["docs"] == docs
 
 
-def test_answer_aware_pairs_give_multi_hop_questions_a_useful_result(tmp_path):
+@pytest.mark.parametrize("scan", [True, False], ids=["corpus-scan", "large-corpus-search"])
+def test_answer_aware_pairs_give_multi_hop_questions_a_useful_result(tmp_path, monkeypatch, scan):
     """No passage retrieved for a two-hop question states its answer; the answer-aware pair does, and it is
     shown for the question itself (the query the policy would send)."""
     from zs_ray.retrieval import BM25Index
@@ -125,6 +126,8 @@ def test_answer_aware_pairs_give_multi_hop_questions_a_useful_result(tmp_path):
     corpus.write_text("".join(json.dumps({"id": str(i), "contents": c}) + "\n" for i, c in enumerate(passages)))
     q = [{"question": "What is the birthplace of the founder of kavo?", "golden_answers": ["telmun"]}]
     index = BM25Index.build(str(corpus))
+    if not scan:  # a corpus over the scan limit: the answer-stating hits of a search for "question answer"
+        monkeypatch.setattr(S, "ANSWER_SCAN_LIMIT", 0)
     plain = S.pairs_from_corpus(index, q, topk=2, answer_aware=False)
     assert plain and not any(S.contains_answer(" ".join(p["docs"]), ["telmun"]) for p in plain)
     aware = [p for p in S.pairs_from_corpus(index, q, topk=2) if p["source"] == "bm25_answer_aware"]

@@ -134,7 +134,8 @@ def pairs_from_corpus(index, questions: Sequence[dict], topk: int = 5, depth: in
     what an engine that knows the answer would return. Why: no passage retrieved for a multi-hop question
     states its answer, so without these the simulator never saw a useful result for one (two-hop useful
     documents contained the answer 0 % of the time; a top-50 BM25 search for "question + answer" found an
-    answer-bearing passage for 69 % of them, none with a year for an answer)."""
+    answer-bearing passage for 69 % of them, none with a year for an answer). Corpora over
+    ANSWER_SCAN_LIMIT passages fall back to that search (`_answer_search_pairs`)."""
     rng = random.Random(seed)
     jobs = [(row, q) for row in questions for q in query_fn(str(row["question"]), rng)]
     hits = index.search([q for _, q in jobs], topk * depth) if jobs else []
@@ -148,17 +149,42 @@ def pairs_from_corpus(index, questions: Sequence[dict], topk: int = 5, depth: in
         if unhelpful and unhelpful != docs[:topk]:
             out.append({**base, "docs": unhelpful, "source": "bm25_filtered"})
     if answer_aware and questions:
-        stating = passages_stating(index, (g for row in questions for g in golds_of(row)))
-        for row in questions:
-            question, golds = str(row["question"]), golds_of(row)
-            holders = sorted({i for g in golds for i in stating.get(normalize_answer(g), ())})
-            if not holders:
-                continue
+        out += (_stated_answer_pairs(index, questions, topk) if len(index) <= ANSWER_SCAN_LIMIT
+                else _answer_search_pairs(index, questions, topk))
+    return out
+
+
+ANSWER_SCAN_LIMIT = 200_000  # passages: above it `passages_stating` (a pure-Python pass) would take hours
+
+
+def _answer_pair(question: str, golds: list, answered: list, others: list, topk: int) -> dict:
+    return dict(query=question, question=question, golden_answers=golds, source="bm25_answer_aware",
+                docs=(answered + [d for d in others if d not in answered])[:topk])
+
+
+def _stated_answer_pairs(index, questions: Sequence[dict], topk: int) -> list[dict]:
+    """Every passage that states the answer, best BM25 score for the question first, then its own hits."""
+    stating, out = passages_stating(index, (g for row in questions for g in golds_of(row))), []
+    for row in questions:
+        question, golds = str(row["question"]), golds_of(row)
+        holders = sorted({i for g in golds for i in stating.get(normalize_answer(g), ())})
+        if holders:
             scores = index.scores(question)
             answered = [index.passage(i) for i in sorted(holders, key=lambda i: -scores[i])[:topk]]
-            rest = [d for d in index.search([question], topk)[0] if d not in answered]
-            out.append(dict(query=question, question=question, golden_answers=golds,
-                            docs=(answered + rest)[:topk], source="bm25_answer_aware"))
+            out.append(_answer_pair(question, golds, answered, index.search([question], topk)[0], topk))
+    return out
+
+
+def _answer_search_pairs(index, questions: Sequence[dict], topk: int, depth: int = 50) -> list[dict]:
+    """Large corpora: the answer-stating hits among the top `depth` of a BM25 search for "question answer"
+    (misses answers BM25 cannot match, e.g. a year written digit by digit)."""
+    queries = [f"{row['question']} {golds_of(row)[0]}" for row in questions]
+    out = []
+    for row, docs in zip(questions, index.search(queries, max(depth, topk))):
+        golds = golds_of(row)
+        answered = [d for d in docs if contains_answer(d, golds)][:topk]
+        if answered:
+            out.append(_answer_pair(str(row["question"]), golds, answered, docs, topk))
     return out
 
 
