@@ -165,13 +165,14 @@ def _answer_pair(question: str, golds: list, answered: list, others: list, topk:
 def _stated_answer_pairs(index, questions: Sequence[dict], topk: int) -> list[dict]:
     """Every passage that states the answer, best BM25 score for the question first, then its own hits."""
     stating, out = passages_stating(index, (g for row in questions for g in golds_of(row))), []
-    for row in questions:
+    own_hits = index.search([str(row["question"]) for row in questions], topk)  # one batched search
+    for row, own in zip(questions, own_hits):
         question, golds = str(row["question"]), golds_of(row)
         holders = sorted({i for g in golds for i in stating.get(normalize_answer(g), ())})
         if holders:
             scores = index.scores(question)
             answered = [index.passage(i) for i in sorted(holders, key=lambda i: -scores[i])[:topk]]
-            out.append(_answer_pair(question, golds, answered, index.search([question], topk)[0], topk))
+            out.append(_answer_pair(question, golds, answered, own, topk))
     return out
 
 
