@@ -81,7 +81,7 @@ def run_table(out: str = "runs/quickstart", preset: str = "full", seed: int = 0,
     if not os.path.exists(f"{out}/simulator_sft/model.safetensors"):  # reuse the quickstart's prior and simulator
         build_world_assets(f"{out}/world", seed=seed)
         build_prior(out, b["pretrain_steps"], b["warm_steps"], seed, progress, b["induction_steps"])
-        train_simulator(out, b["sim_steps"], seed, progress)
+        train_simulator(out, b["sim_steps"], cfg.simulator_sft.answer_weight, seed, progress)
     results, curves = {}, {}
     a = lambda s: s.get(AVERAGE) or next(iter(s.values()))  # noqa: E731
     progress("\n=== [table] prior + warm start")

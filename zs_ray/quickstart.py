@@ -16,9 +16,6 @@ from typing import Optional
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "cpu_default.yaml")
 
-# The 2-layer simulator copies a 4-digit year from its prompt only when the copied tokens weigh more than the
-# rest of the documents (configs/cpu_default.yaml `simulator_sft.answer_weight` has the numbers).
-SIMULATOR_ANSWER_WEIGHT = 10.0
 # Budgets (optimiser steps / RL steps). "full" is the quickstart; "smoke" is for tests.
 PRESETS = {
     "full": dict(induction_steps=1000, pretrain_steps=3000, warm_steps=300, sim_steps=1500, rl_steps=60,
@@ -155,7 +152,7 @@ def build_prior(out: str, pretrain_steps: int, warm_steps: int, seed: int = 0, p
             "prior_tokens": tokens + pre["trained_tokens"] + warm["trained_tokens"]}
 
 
-def train_simulator(out: str, steps: int, seed: int = 0, progress=print) -> dict:
+def train_simulator(out: str, steps: int, answer_weight: float, seed: int = 0, progress=print) -> dict:
     import shutil
 
     from .data import load_rows
@@ -166,7 +163,7 @@ def train_simulator(out: str, steps: int, seed: int = 0, progress=print) -> dict
     # same skill the policy needs (from random init the tiny simulator memorises instead of copying).
     res = run(f"{out}/policy_pre", f"{out}/simulator_job", questions=rows,
               corpus=f"{out}/world/world/corpus.jsonl", topk=3, steps=steps, seed=seed, log=progress,
-              eval_questions=100, answer_weight=SIMULATOR_ANSWER_WEIGHT)
+              eval_questions=100, answer_weight=answer_weight)
     shutil.rmtree(f"{out}/simulator_sft", ignore_errors=True)
     shutil.copytree(res["model_dir"], f"{out}/simulator_sft")
     return {k: v for k, v in res.items() if isinstance(v, (int, float, str))}
@@ -198,7 +195,8 @@ def run(out: str = "runs/quickstart", preset: str = "full", seed: int = 0, overr
     # the GRPO stage starts its actors (in_child_process).
     results.update(st.run("prior", build_prior, out, b["pretrain_steps"], b["warm_steps"], seed, progress,
                           b["induction_steps"], isolate=True))
-    results["simulator"] = st.run("simulator", train_simulator, out, b["sim_steps"], seed, progress, isolate=True)
+    results["simulator"] = st.run("simulator", train_simulator, out, b["sim_steps"],
+                                  cfg.simulator_sft.answer_weight, seed, progress, isolate=True)
     warm = st.run("eval warm start", evaluate, cfg, f"{out}/policy_warm", b["eval_rows"], "warm", isolate=True)
     from .trainer import run as train
 
