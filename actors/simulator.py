@@ -3,13 +3,16 @@
 - `simulate(query, question, answer, noisy, k, mode)` is what rollout workers call by handle.
 - `/v1/chat/completions`, `/v1/completions`, `/v1/models` make the same replica an
   OpenAI-compatible server (for external tools, and the `http` search backend).
-Every request, from either path, goes through one `@serve.batch` queue that calls one batched
-`llm.generate` in a worker thread: the engine is not thread-safe, and the thread keeps the
-replica's event loop free to accept (and batch) more requests while the engine runs.
+Every request, from either path, is one request to the replica's `zs_ray.engine.VLLMEngine`, which
+steps vLLM with continuous batching on its own thread: a call that arrives while others are being
+written joins the running batch at the next step and returns as soon as its own documents are done
+(a `@serve.batch` of `llm.generate` made late callers wait for the whole previous batch, and every
+caller for the batch's longest output). Generation stops at `Doc k+1`: what follows is cut anyway.
 """
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 import uuid
 from typing import Any, Optional
@@ -23,18 +26,35 @@ app = FastAPI(title="zs-ray search simulator")
 
 # SearchConfig defaults (a plain dict travels to the replica; OmegaConf objects need not).
 DEFAULTS = dict(temperature=0.8, top_p=1.0, max_tokens=600, max_query_chars=512, max_batch_size=32,
-                batch_wait_timeout_s=0.02, max_model_len=2048, kv_cache_gb=1.0, tensor_parallel_size=1,
+                max_model_len=2048, kv_cache_gb=1.0, tensor_parallel_size=1,
                 quantization=None, http_host="127.0.0.1", http_port=8000)
 
 
-def _mean_logprob_of_kept(token_strs: list[str], logprobs: list[float], kept_chars: int) -> Optional[float]:
+def _tokens_for_chars(tokenizer, ids: list[int], chars: int) -> int:
+    """The fewest leading tokens of `ids` whose decoded text covers `chars` characters (at least 1)."""
+    lengths = _PrefixLengths(tokenizer, ids)
+    return max(1, min(len(ids), bisect.bisect_left(lengths, chars, lo=1)))
+
+
+class _PrefixLengths:
+    """len(decode(ids[:i])) for bisect, computed only where bisect looks (log2(n) decodes, not n)."""
+
+    def __init__(self, tokenizer, ids):
+        self.tok, self.ids = tokenizer, ids
+
+    def __len__(self):
+        return len(self.ids) + 1
+
+    def __getitem__(self, i):
+        return len(self.tok.decode(self.ids[:i], skip_special_tokens=True))
+
+
+def _mean_logprob_of_kept(tokenizer, ids: list[int], logprobs: list[float], kept_chars: int) -> Optional[float]:
     """Mean log-prob of the tokens that produced the kept text (before the `Doc k+1` cut)."""
-    total, n, pos = 0.0, 0, 0
-    for s, lp in zip(token_strs, logprobs):
-        if n and pos >= kept_chars:
-            break
-        total, n, pos = total + lp, n + 1, pos + len(s)
-    return total / n if n else None
+    if not ids:
+        return None
+    n = _tokens_for_chars(tokenizer, ids, kept_chars)
+    return sum(logprobs[:n]) / n
 
 
 @serve.deployment
@@ -45,27 +65,22 @@ class SimulatorServer:
 
         apply_local_env()
         import torch
-        from vllm import LLM
+
+        from zs_ray.engine import VLLMEngine
 
         self.cfg = {**DEFAULTS, **{k: v for k, v in (search_cfg or {}).items() if v is not None}}
         self.model_name = str(self.cfg.get("model_name") or model_path)
         gpu = torch.cuda.is_available()
-        kw: dict[str, Any] = dict(model=model_path, dtype="auto" if gpu else "float32",
-                                  max_model_len=int(self.cfg["max_model_len"]), enforce_eager=True, seed=seed,
-                                  max_num_seqs=max(int(self.cfg["max_batch_size"]), 1))
+        kw: dict[str, Any] = dict(dtype="auto" if gpu else "float32", max_model_len=int(self.cfg["max_model_len"]),
+                                  seed=seed, max_num_seqs=max(int(self.cfg["max_batch_size"]), 1),
+                                  device="cuda" if gpu else "cpu", kv_cache_gb=float(self.cfg["kv_cache_gb"]))
         if gpu:  # the large path: tensor parallel and AWQ/GPTQ weights, as configured
             kw.update(tensor_parallel_size=int(self.cfg["tensor_parallel_size"]),
                       quantization=self.cfg["quantization"],
                       gpu_memory_utilization=float(self.cfg.get("gpu_memory_utilization", 0.3)))
-        else:  # in-process engine, KV cache of search.kv_cache_gb
-            from zs_ray.engine import cpu_kv_cache_kwargs
-
-            kw.update(distributed_executor_backend="uni", **cpu_kv_cache_kwargs(self.cfg["kv_cache_gb"]))
-        self.llm = LLM(**kw)
-        self.tokenizer = self.llm.get_tokenizer()
-        self._generate.set_max_batch_size(int(self.cfg["max_batch_size"]))
-        self._generate.set_batch_wait_timeout_s(float(self.cfg["batch_wait_timeout_s"]))
-        self.batch_sizes: list[int] = []
+        self.engine = VLLMEngine(model_path, **kw)
+        self.tokenizer = self.engine.tokenizer
+        self.in_flight, self.max_in_flight, self.requests = 0, 0, 0
 
     # ------------------------------------------------------------- engine --------------------------
 
@@ -79,27 +94,26 @@ class SimulatorServer:
             return tok(text, add_special_tokens=False)["input_ids"]
         return tok(prompt or "")["input_ids"]
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02)
-    async def _generate(self, reqs: list[tuple[list[int], dict]]) -> list[dict]:
-        from vllm import SamplingParams, TokensPrompt
-
-        self.batch_sizes.append(len(reqs))
-        prompts = [TokensPrompt(prompt_token_ids=ids) for ids, _ in reqs]
-        params = [SamplingParams(**kw) for _, kw in reqs]
-        outs = await asyncio.to_thread(self.llm.generate, prompts, params, use_tqdm=False)
-        results = []
-        for (ids, _), out in zip(reqs, outs):
-            choices = []
-            for c in out.outputs:
-                lps, toks = [], []
-                for tid, d in zip(c.token_ids, c.logprobs or []):
-                    lp = d.get(tid) if d else None
-                    lps.append(float(lp.logprob) if lp is not None else 0.0)
-                    toks.append((lp.decoded_token if lp is not None else None) or "")
-                choices.append(dict(text=c.text, token_ids=list(c.token_ids), logprobs=lps, tokens=toks,
-                                    finish_reason=c.finish_reason or "stop"))
-            results.append(dict(choices=choices, prompt_tokens=len(ids)))
-        return results
+    async def _generate(self, ids: list[int], params: dict) -> dict:
+        """`n` samples of one prompt; each is its own engine request, batched with everything in flight."""
+        n, seed, stop = params["n"], params["seed"], params["stop"]
+        self.requests += 1
+        self.in_flight += n
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            gens = await asyncio.gather(*[self.engine.generate(
+                ids, max_tokens=params["max_tokens"], temperature=params["temperature"], top_p=params["top_p"],
+                stop=stop, seed=None if seed is None else int(seed) + i) for i in range(n)])
+        finally:
+            self.in_flight -= n
+        choices = []
+        for g in gens:
+            text = self.tokenizer.decode(g.token_ids, skip_special_tokens=True)
+            if g.stop_str and text.endswith(g.stop_str):  # vLLM's default: the stop string is not returned
+                text = text[: -len(g.stop_str)]
+            choices.append(dict(text=text, token_ids=list(g.token_ids), logprobs=list(g.logprobs),
+                                finish_reason="length" if g.finish_reason == "length" else "stop"))
+        return dict(choices=choices, prompt_tokens=len(ids))
 
     def _params(self, n_prompt: int, temperature=None, top_p=None, max_tokens=None, n=1, stop=None,
                 seed=None) -> dict:
@@ -110,7 +124,7 @@ class SimulatorServer:
         mt = int(max_tokens if max_tokens is not None else self.cfg["max_tokens"])
         return dict(temperature=float(self.cfg["temperature"] if temperature is None else temperature),
                     top_p=float(self.cfg["top_p"] if top_p is None else top_p),
-                    max_tokens=max(1, min(mt, room)), n=int(n), stop=stop or None, seed=seed, logprobs=0)
+                    max_tokens=max(1, min(mt, room)), n=int(n), stop=list(stop or []), seed=seed)
 
     # ------------------------------------------------------------- simulator API -------------------
 
@@ -119,17 +133,18 @@ class SimulatorServer:
         query = str(query)[: int(self.cfg["max_query_chars"])]
         text = simulator_prompt(mode, query, question, answer, noisy=bool(noisy), k=int(k))
         ids = self._encode(messages=[{"role": "user", "content": text}])
-        res = await self._generate((ids, self._params(len(ids))))
-        c = res["choices"][0]
+        params = self._params(len(ids))
+        params["stop"] = [f"Doc {int(k) + 1}:"]  # the documents after the k-th are cut anyway: do not write them
+        c = (await self._generate(ids, params))["choices"][0]
         parsed = parse_documents(c["text"], int(k))
         kept = len(cut_at_next_doc(c["text"], int(k)))
-        return dict(docs=parsed.docs, mean_logprob=_mean_logprob_of_kept(c["tokens"], c["logprobs"], kept),
+        return dict(docs=parsed.docs, mean_logprob=_mean_logprob_of_kept(self.tokenizer, c["token_ids"],
+                                                                         c["logprobs"], kept),
                     dropped_chars=parsed.dropped_chars, noisy=bool(noisy))
 
     def stats(self) -> dict:
-        b = self.batch_sizes
-        return dict(batches=len(b), requests=sum(b), max_batch=max(b, default=0),
-                    mean_batch=(sum(b) / len(b)) if b else 0.0)
+        """requests served; max_in_flight: the most engine requests running at once (the largest batch)."""
+        return dict(requests=self.requests, max_in_flight=self.max_in_flight, in_flight=self.in_flight)
 
     # ------------------------------------------------------------- OpenAI-compatible routes ---------
 
@@ -148,7 +163,7 @@ class SimulatorServer:
                                   body.get("n") or 1, [stop] if isinstance(stop, str) else stop, body.get("seed"))
         except ValueError as e:
             raise HTTPException(400, str(e))
-        return await self._generate((ids, params))
+        return await self._generate(ids, params)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, body: dict) -> dict:
@@ -160,8 +175,8 @@ class SimulatorServer:
             ch = {"index": i, "message": {"role": "assistant", "content": c["text"]},
                   "finish_reason": c["finish_reason"], "logprobs": None}
             if body.get("logprobs"):
-                ch["logprobs"] = {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()),
-                                               "top_logprobs": []} for t, lp in zip(c["tokens"], c["logprobs"])]}
+                ch["logprobs"] = {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
+                                              for t, lp in zip(self._token_strs(c["token_ids"]), c["logprobs"])]}
             choices.append(ch)
         return self._envelope("chat.completion", body, choices, res)
 
@@ -179,14 +194,17 @@ class SimulatorServer:
         for i, c in enumerate(res["choices"]):
             ch = {"index": i, "text": c["text"], "finish_reason": c["finish_reason"], "logprobs": None}
             if body.get("logprobs") is not None:
-                offs, pos = [], 0
-                for t in c["tokens"]:
+                offs, pos, toks = [], 0, self._token_strs(c["token_ids"])
+                for t in toks:
                     offs.append(pos)
                     pos += len(t)
-                ch["logprobs"] = {"tokens": c["tokens"], "token_logprobs": c["logprobs"],
+                ch["logprobs"] = {"tokens": toks, "token_logprobs": c["logprobs"],
                                   "top_logprobs": None, "text_offset": offs}
             choices.append(ch)
         return self._envelope("text_completion", body, choices, res)
+
+    def _token_strs(self, ids: list[int]) -> list[str]:
+        return [self.tokenizer.decode([t]) for t in ids]
 
     def _envelope(self, obj: str, body: dict, choices: list, res: dict) -> dict:
         n_out = sum(len(c["token_ids"]) for c in res["choices"])
@@ -209,8 +227,11 @@ def deploy_simulator(search_cfg: dict, model_path: str, name: str = "simulator",
     batch = int(cfg["max_batch_size"])
     opts: dict[str, Any] = dict(
         name=name,
-        # Room for a full batch plus the next one queueing, so batching is never starved.
+        # Room for a full engine batch plus the next calls queueing, so the engine is never starved.
         max_ongoing_requests=max(2 * batch, 8),
+        # No access-log line per call: hundreds per training step, each formatted by the replica and streamed
+        # to the driver. Errors are still logged.
+        logging_config={"enable_access_log": False},
         ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus,
                            "runtime_env": {"env_vars": actor_env(threads)}},
     )

@@ -44,7 +44,7 @@ def main() -> None:
     from actors.simulator import deploy_simulator, shutdown
     from zs_ray.search_clients import SimulatorSearch
 
-    cfg = dict(max_tokens=args.max_tokens, max_model_len=512, max_batch_size=64, batch_wait_timeout_s=0.02,
+    cfg = dict(max_tokens=args.max_tokens, max_model_len=512, max_batch_size=64,
                http_port=port, temperature=0.8)
     t = time.perf_counter()
     handle = deploy_simulator(cfg, model, name="bench_simulator")

@@ -20,7 +20,7 @@ def _deploy(base_dir: str) -> dict:
 
     sim = trained_simulator(base_dir)
     port = free_port()
-    cfg = dict(temperature=0.8, max_tokens=80, max_model_len=512, max_batch_size=32, batch_wait_timeout_s=0.05,
+    cfg = dict(temperature=0.8, max_tokens=80, max_model_len=512, max_batch_size=32,
                http_host="127.0.0.1", http_port=port, model_name="tiny-sim")
     t = time.perf_counter()
     handle = deploy_simulator(cfg, sim["model"], name=APP, replicas=1, num_cpus=0.5)
@@ -57,6 +57,27 @@ def _all(coros):
     async def main():
         return await asyncio.gather(*coros)
     return asyncio.run(main())
+
+
+# ---------------------------------------------------------------- kept-text log-prob (pure) -------
+
+class _CharTokenizer:
+    """Token id i decodes to the word WORDS[i] (+ a space): enough to test the prefix bisection."""
+    WORDS = ["Doc", " 1:", " ab", " cd", " Doc", " 2:", " ef"]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.WORDS[i] for i in ids)
+
+
+@pytest.mark.parametrize("kept,n", [(0, 1), (3, 1), (4, 2), (9, 3), (10, 4), (22, 7), (99, 7)])
+def test_kept_text_maps_to_the_tokens_that_wrote_it(kept, n):
+    from actors.simulator import _mean_logprob_of_kept, _tokens_for_chars
+
+    tok, ids = _CharTokenizer(), list(range(7))  # "Doc 1: ab cd Doc 2: ef": prefix lengths 3 6 9 12 16 19 22
+    assert _tokens_for_chars(tok, ids, kept) == n
+    lps = [-float(i + 1) for i in ids]
+    assert _mean_logprob_of_kept(tok, ids, lps, kept) == pytest.approx(sum(lps[:n]) / n)
+    assert _mean_logprob_of_kept(tok, [], [], kept) is None
 
 
 # ---------------------------------------------------------------- the coin (no Ray needed) --------
@@ -122,7 +143,7 @@ def test_64_concurrent_calls_batched_k_docs(simulator_deployment):
     assert all(len(o["docs"]) <= K and isinstance(o["mean_logprob"], float) and o["mean_logprob"] <= 0 for o in outs)
     assert n_k >= 0.6 * 64  # the SFT'd tiny model mostly writes exactly K documents (sampling at 0.8)
     assert [o["noisy"] for o in outs] == [i % 2 == 1 for i in range(64)]
-    assert stats["max_batch"] > 1  # concurrent calls were batched into one llm.generate
+    assert stats["max_in_flight"] > 1 and stats["requests"] >= 64  # the engine ran concurrent calls as one batch
 
 
 @pytest.mark.integration

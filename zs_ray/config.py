@@ -61,8 +61,7 @@ class SearchConfig:
     on_failure: str = "no_information"  # or "error"
     max_query_chars: int = 512
     # Serve deployment of the simulator
-    max_batch_size: int = 32
-    batch_wait_timeout_s: float = 0.02
+    max_batch_size: int = 32  # vLLM max_num_seqs of the simulator engine (continuous batching)
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     max_model_len: int = 2048
