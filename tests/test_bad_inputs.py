@@ -112,7 +112,7 @@ class _InjectingSearch:
 
 
 def test_document_imitating_tags_is_never_an_action_and_is_masked(tiny_assets):
-    from test_rollout import ScriptedEngine, make_row, run
+    from test_rollout import ScriptedEngine, run
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_assets["tokenizer"])

@@ -1,7 +1,6 @@
 """The multi-turn protocol loop: scripted-engine unit tests, then real vLLM in a real Ray actor."""
 import asyncio
 import json
-import os
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from zs_ray.config import RolloutConfig
 from zs_ray.engine import Generation
 from zs_ray.protocol import INVALID_FEEDBACK, NO_INFORMATION, STOP_STRINGS, make_prompt
 from zs_ray.retrieval import BM25Index
-from zs_ray.rollout import Trajectory, encode_prompt, run_rollouts, run_trajectory
+from zs_ray.rollout import Trajectory, encode_prompt, run_trajectory
 from zs_ray.search import BM25Search, SearchBackend
 
 CORPUS = [

@@ -102,7 +102,7 @@ def test_coin_follows_schedule_and_is_reproducible():
         res = _all([s.search("q", "Q", ["a"], step=step, call_key=f"p{i}") for i in range(2000)])
         frac = sum(r.noisy for r in res) / len(res)
         assert abs(frac - noise_probability(step, 203)) < 0.04, (step, frac)
-        assert res[0].docs == ([f"noisy q"] if res[0].noisy else ["a q"])  # the SAME trajectory's answer
+        assert res[0].docs == (["noisy q"] if res[0].noisy else ["a q"])  # the SAME trajectory's answer
     again = SimulatorSearch(_FakeHandle(), topk=1, curriculum=cur, seed=7)  # a resumed run
     keys = [f"p{i}" for i in range(200)]
     a = _all([s.search("q", "Q", ["a"], 150, k) for k in keys])

@@ -1,5 +1,4 @@
 """The real stack end to end: FSDP2 policy workers + vLLM rollout workers + search, driven by Trainer."""
-import json
 import os
 
 import pytest

@@ -242,7 +242,6 @@ def _explain(e: OmegaConfBaseException, schema, source: str) -> ConfigError:
     if isinstance(e, (ConfigKeyError, ConfigAttributeError)):
         return ConfigError(f"{source}: unknown config key '{key}'{_nearest(key, schema)}")
     if isinstance(e, ValidationError):
-        node = OmegaConf.select(schema, key, throw_on_missing=False) if key else None
         expected = ""
         try:
             parent_key, _, leaf = key.rpartition(".")
