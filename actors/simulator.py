@@ -31,22 +31,11 @@ DEFAULTS = dict(temperature=0.8, top_p=1.0, max_tokens=600, max_query_chars=512,
 
 
 def _tokens_for_chars(tokenizer, ids: list[int], chars: int) -> int:
-    """The fewest leading tokens of `ids` whose decoded text covers `chars` characters (at least 1)."""
-    lengths = _PrefixLengths(tokenizer, ids)
-    return max(1, min(len(ids), bisect.bisect_left(lengths, chars, lo=1)))
-
-
-class _PrefixLengths:
-    """len(decode(ids[:i])) for bisect, computed only where bisect looks (log2(n) decodes, not n)."""
-
-    def __init__(self, tokenizer, ids):
-        self.tok, self.ids = tokenizer, ids
-
-    def __len__(self):
-        return len(self.ids) + 1
-
-    def __getitem__(self, i):
-        return len(self.tok.decode(self.ids[:i], skip_special_tokens=True))
+    """The fewest leading tokens of `ids` whose decoded text covers `chars` characters (at least 1).
+    Bisects over prefix lengths: log2(n) decodes, not n."""
+    n = 1 + bisect.bisect_left(range(1, len(ids) + 1), chars,
+                               key=lambda i: len(tokenizer.decode(ids[:i], skip_special_tokens=True)))
+    return max(1, min(len(ids), n))
 
 
 def _mean_logprob_of_kept(tokenizer, ids: list[int], logprobs: list[float], kept_chars: int) -> Optional[float]:
@@ -133,8 +122,8 @@ class SimulatorServer:
         query = str(query)[: int(self.cfg["max_query_chars"])]
         text = simulator_prompt(mode, query, question, answer, noisy=bool(noisy), k=int(k))
         ids = self._encode(messages=[{"role": "user", "content": text}])
-        params = self._params(len(ids))
-        params["stop"] = [f"Doc {int(k) + 1}:"]  # the documents after the k-th are cut anyway: do not write them
+        # the documents after the k-th are cut anyway: do not write them
+        params = self._params(len(ids), stop=[f"Doc {int(k) + 1}:"])
         c = (await self._generate(ids, params))["choices"][0]
         parsed = parse_documents(c["text"], int(k))
         kept = len(cut_at_next_doc(c["text"], int(k)))
