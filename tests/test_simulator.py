@@ -168,7 +168,9 @@ def test_simulator_search_by_handle_follows_coin(simulator_deployment):
     from zs_ray.reward import normalize_answer
     from zs_ray.search_clients import SimulatorSearch
 
-    qs = simulator_deployment["questions"][:16]
+    # every question twice (48 sampled generations at temperature 0.8): with 16 the useful hit rate's standard
+    # error (~0.12) put a 0.56 draw of a ~0.7 model below the bar (CI, session 9)
+    qs = simulator_deployment["questions"] * 2
 
     async def calls(p):
         s = SimulatorSearch(simulator_deployment["handle"], topk=K, curriculum=dict(start=p, end=p, total_steps=5))
@@ -182,7 +184,7 @@ def test_simulator_search_by_handle_follows_coin(simulator_deployment):
     hit = lambda rs: sum(normalize_answer(q["golden_answers"][0]) in normalize_answer(r.text)  # noqa: E731
                          for q, r in zip(qs, rs)) / len(qs)
     print("handle: useful hit", hit(useful), "noisy hit", hit(noisy), s0.metrics())
-    assert hit(useful) >= 0.6 and hit(noisy) <= 0.4
+    assert hit(useful) >= 0.5 and hit(noisy) <= 0.3 and hit(useful) - hit(noisy) >= 0.4
     assert s0.metrics()["search/simulator/failures"] == 0
 
     # a per-call timeout far below one generation: bounded failure, not a hang
