@@ -17,6 +17,22 @@ def test_information_blocks_are_masked(tiny_assets):
     assert ex.ids[-1] == tok.eos_token_id and ex.mask[-1] == 1
 
 
+
+def test_pretraining_text_can_leave_the_documents_out_of_the_loss(tiny_assets):
+    """The prior's copy drills: the documents are context (their values are random), the turns are learned."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_assets["model"])
+    drill = ("Question: what is the capital of zorland?\n<think> need it </think> <search> zorland capital </search>"
+             "\n\n<information>Doc 1: zorland capital is karova .</information>\n\n<think> zorland capital is karova ."
+             " </think> <answer> karova </answer>")
+    full, masked = encode_text_example(tok, drill), encode_text_example(tok, drill, mask_information=True)
+    assert all(full.mask) and len(masked.ids) == len(masked.mask)
+    learned = tok.decode([i for i, m in zip(masked.ids, masked.mask) if m])
+    ignored = tok.decode([i for i, m in zip(masked.ids, masked.mask) if not m])
+    assert ignored.strip() == "<information>Doc 1: zorland capital is karova .</information>"
+    assert learned.startswith("Question: what is the capital") and learned.endswith("<answer> karova </answer>")
+
 def test_sft_lowers_the_loss(tiny_assets, tmp_path):
     from transformers import AutoTokenizer
 

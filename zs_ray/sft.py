@@ -35,17 +35,17 @@ def encode_chat_example(tokenizer, prompt: str, response: str, add_eos: bool = T
         p_ids = list(p_ids)
     else:
         p_ids = tokenizer.encode(prompt, add_special_tokens=False)
-    ids, mask = list(p_ids), [0] * len(p_ids)
-    for i, piece in enumerate(_ENV_RE.split(response)):
-        if not piece:
-            continue
-        t = tokenizer.encode(piece, add_special_tokens=False)
-        ids += t
-        mask += [0 if i % 2 == 1 else 1] * len(t)  # odd pieces are the captured environment blocks
+    resp = encode_segments(tokenizer, policy_segments(response))
+    ids, mask = list(p_ids) + resp.ids, [0] * len(p_ids) + resp.mask
     if add_eos and tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
         mask.append(1)
     return Example(ids, mask)
+
+
+def policy_segments(text: str) -> list[tuple[str, bool]]:
+    """`text` cut into (piece, learn) segments: `<information>` blocks (what the environment wrote) are not learned."""
+    return [(piece, i % 2 == 0) for i, piece in enumerate(_ENV_RE.split(text)) if piece]  # odd: captured blocks
 
 
 def encode_segments(tokenizer, segments) -> Example:
@@ -58,8 +58,11 @@ def encode_segments(tokenizer, segments) -> Example:
     return Example(ids, mask)
 
 
-def encode_text_example(tokenizer, text: str) -> Example:
-    """Plain language-model text (pre-training): every token is learned."""
+def encode_text_example(tokenizer, text: str, mask_information: bool = False) -> Example:
+    """Plain language-model text (pre-training): every token is learned, or, with `mask_information`, every
+    token outside `<information>` blocks (the copy drills: the documents are context, the turns are learned)."""
+    if mask_information:
+        return encode_segments(tokenizer, policy_segments(text))
     ids = tokenizer.encode(text, add_special_tokens=False)
     return Example(ids, [1] * len(ids))
 
