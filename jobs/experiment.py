@@ -1,15 +1,17 @@
-"""`zs-ray experiment table [--out DIR] [--preset full|smoke] [--seed N] [--rows NAME ...]`: the paper's
+"""`zs-ray experiment table [--out DIR] [--preset full|long|smoke] [--seed N] [--rows NAME ...]`: the paper's
 table in miniature (warm start, equal-compute SFT, GRPO with real search, ZeroSearch, prompt-based
 simulator, no curriculum, PPO, REINFORCE, no search at test time) as markdown, CSV and a PNG plot."""
 import argparse
 import sys
+
+from zs_ray.quickstart import PRESETS  # a dict; importing it loads no Ray, torch or vLLM
 
 
 def main(argv):
     p = argparse.ArgumentParser(prog="zs-ray experiment", description=__doc__)
     p.add_argument("action", choices=["table"])
     p.add_argument("--out", default="runs/quickstart")
-    p.add_argument("--preset", default="full", choices=["full", "smoke"])
+    p.add_argument("--preset", default="full", choices=sorted(PRESETS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rows", nargs="*", default=None, help="only these RL rows (names as in the table)")
     p.add_argument("--reuse", action="store_true",
