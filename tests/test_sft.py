@@ -17,7 +17,6 @@ def test_information_blocks_are_masked(tiny_assets):
     assert ex.ids[-1] == tok.eos_token_id and ex.mask[-1] == 1
 
 
-
 def test_pretraining_text_can_leave_the_documents_out_of_the_loss(tiny_assets):
     """The prior's copy drills: the documents are context (their values are random), the turns are learned."""
     from transformers import AutoTokenizer
@@ -32,6 +31,7 @@ def test_pretraining_text_can_leave_the_documents_out_of_the_loss(tiny_assets):
     ignored = tok.decode([i for i, m in zip(masked.ids, masked.mask) if not m])
     assert ignored.strip() == "<information>Doc 1: zorland capital is karova .</information>"
     assert learned.startswith("Question: what is the capital") and learned.endswith("<answer> karova </answer>")
+
 
 def test_sft_lowers_the_loss(tiny_assets, tmp_path):
     from transformers import AutoTokenizer
