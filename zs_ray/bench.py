@@ -179,6 +179,7 @@ def measure_quickstart(out: str, preset: str, timeout_s: float, poll_s: float = 
     env = {**os.environ, "ZS_RAY_TMP": f"/tmp/zsb_qs_{os.getpid()}"}
     cmd = [sys.executable, "-m", "jobs.quickstart", "--out", out, "--preset", preset]
     t0, peak, peak_pss, n = time.perf_counter(), 0, 0, 0
+    pss_every = max(1, round(10 / poll_s))  # polls between PSS reads (see below)
     logf = open(os.path.join(os.path.dirname(out), f"quickstart_{preset}.log"), "w")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT)
     root = psutil.Process(proc.pid)
@@ -188,9 +189,9 @@ def measure_quickstart(out: str, preset: str, timeout_s: float, poll_s: float = 
             for q in [root] + root.children(recursive=True):
                 try:
                     rss += q.memory_info().rss
-                    # PSS (shared pages split between processes) every 20th poll (10 s): reading the smaps of the
-                    # 17 processes at GRPO costs 0.05-0.08 s of CPU (RSS: 0.0004 s), taken from what we time
-                    pss += q.memory_full_info().pss if n % 20 == 0 else 0
+                    # PSS (shared pages split between processes) every ~10 s: reading the smaps of the 17
+                    # processes at GRPO costs 0.05-0.08 s of CPU (RSS: 0.0004 s), taken from what we time
+                    pss += q.memory_full_info().pss if n % pss_every == 0 else 0
                 except psutil.Error:
                     pass
         except psutil.Error:
