@@ -1,5 +1,5 @@
-"""`zs-ray experiment table [--out DIR] [--preset full|long|smoke] [--seed N] [--rows NAME ...]`: the paper's
-table in miniature (warm start, equal-compute SFT, GRPO with real search, ZeroSearch, prompt-based
+"""`zs-ray experiment table [--out DIR] [--preset full|long|smoke] [--rl-steps N] [--seed N] [--rows NAME ...]`:
+the paper's table in miniature (warm start, equal-compute SFT, GRPO with real search, ZeroSearch, prompt-based
 simulator, no curriculum, PPO, REINFORCE, no search at test time) as markdown, CSV and a PNG plot."""
 import argparse
 import sys
@@ -13,6 +13,9 @@ def main(argv):
     p.add_argument("--out", default="runs/quickstart")
     p.add_argument("--preset", default="full", choices=sorted(PRESETS))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rl-steps", type=int, default=None,
+                   help="RL steps of every RL row (default: the preset's); the SFT row gets as many demonstrations "
+                        "as RL samples trajectories; results go to OUT/table_rlN")
     p.add_argument("--rows", nargs="*", default=None, help="only these RL rows (names as in the table)")
     p.add_argument("--reuse", action="store_true",
                    help="evaluate rows whose policy is already trained under OUT/table instead of training again")
@@ -22,7 +25,9 @@ def main(argv):
     apply_local_env()
     from zs_ray.experiment import run_table
 
-    run_table(a.out, a.preset, a.seed, a.rows, reuse=a.reuse)
+    if a.rl_steps is not None and a.rl_steps < 1:
+        p.error(f"--rl-steps must be >= 1, got {a.rl_steps}")
+    run_table(a.out, a.preset, a.seed, a.rows, reuse=a.reuse, rl_steps=a.rl_steps)
     return 0
 
 

@@ -1,7 +1,10 @@
 """The experiment table's pure parts: row output folders and the written md/csv/png."""
 import csv
 
-from zs_ray.experiment import RL_ROWS, _slug, write_table
+import pytest
+
+from jobs.experiment import main as experiment_main
+from zs_ray.experiment import RL_ROWS, _slug, run_table, write_table
 
 
 def test_row_folders_are_distinct_and_the_no_search_row_finds_the_zerosearch_policy():
@@ -20,3 +23,18 @@ def test_write_table_writes_markdown_csv_and_plot(tmp_path):
     rows = list(csv.DictReader(open(paths["csv"])))
     assert [r["row"] for r in rows] == list(res) and float(rows[1]["em"]) == 0.25
     assert open(paths["plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_write_table_names_a_non_default_rl_budget(tmp_path):
+    res = {"prior + warm start": {"em": 0.1, "cover_em": 0.2, "f1": 0.3, "searches": 1.0}}
+    md = open(write_table(res, {}, str(tmp_path), 60.0, "long", 240)["markdown"]).read()
+    assert "preset `long`, 240 RL steps, 1 min" in md
+
+
+def test_an_rl_budget_below_one_step_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(ValueError, match="rl_steps must be >= 1"):
+        run_table(str(tmp_path), "smoke", rl_steps=0)
+    with pytest.raises(SystemExit):
+        experiment_main(["table", "--out", str(tmp_path), "--rl-steps", "0"])
+    assert "--rl-steps must be >= 1" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written

@@ -42,7 +42,7 @@ def _history(cfg, run_name: str, metrics=("em", "f1")) -> dict[str, list[tuple[i
             for m in metrics}
 
 
-def _sft_baseline(out: str, cfg, n_demos: int, seed: int, progress) -> str:
+def _sft_baseline(out: str, cfg, n_demos: int, seed: int, progress, out_dir: str) -> str:
     """More warm-start SFT from the warm start, as many demonstrations as RL samples trajectories."""
     from transformers import AutoTokenizer
 
@@ -52,9 +52,9 @@ def _sft_baseline(out: str, cfg, n_demos: int, seed: int, progress) -> str:
     demos = [json.loads(line) for line in open(f"{out}/world/world/warmstart.jsonl")]
     exs = [encode_chat_example(tok, d["prompt"], d["response"]) for d in demos]
     sft_train(f"{out}/policy_warm", exs, tokenizer=tok, steps=max(1, n_demos // 8), lr=1e-3, batch_size=8,
-              warmup=1, seed=seed + 1, threads=2, out_dir=f"{out}/policy_more_sft", progress=progress,
+              warmup=1, seed=seed + 1, threads=2, out_dir=out_dir, progress=progress,
               label="sft-baseline", log_every=100)
-    return f"{out}/policy_more_sft"
+    return out_dir
 
 
 def _slug(name: str) -> str:
@@ -62,9 +62,12 @@ def _slug(name: str) -> str:
 
 
 def run_table(out: str = "runs/quickstart", preset: str = "full", seed: int = 0, rows=None, progress=print,
-              reuse: bool = False) -> dict:
+              reuse: bool = False, rl_steps: int | None = None) -> dict:
     """All rows; `reuse=True` evaluates an RL row's finished policy instead of training it again (a table
-    interrupted after some rows resumes; curves come from the MLflow history of the finished run)."""
+    interrupted after some rows resumes; curves come from the MLflow history of the finished run).
+    `rl_steps` replaces the preset's RL budget (the SFT row's demonstrations scale with it)."""
+    if rl_steps is not None and int(rl_steps) < 1:
+        raise ValueError(f"rl_steps must be >= 1 (the table's RL budget), got {rl_steps}")
     from omegaconf import OmegaConf
 
     from .evaluation import AVERAGE, run_evaluation
@@ -74,8 +77,12 @@ def run_table(out: str = "runs/quickstart", preset: str = "full", seed: int = 0,
     from .world import build_world_assets
 
     out, b, t0 = os.path.abspath(out), PRESETS[preset], time.perf_counter()
-    base = [f"trainer.steps={b['rl_steps']}", f"trainer.seed={seed}",
-            f"trainer.eval_every={max(5, b['rl_steps'] // 4)}",  # five points on each curve, with step 0
+    steps = int(rl_steps if rl_steps is not None else b["rl_steps"])
+    # a non-default budget writes beside the default table: `--reuse` never mixes rows of different budgets
+    tag = "" if steps == b["rl_steps"] else f"_rl{steps}"
+    tdir, sft_out = f"{out}/table{tag}", f"{out}/policy_more_sft{tag}"
+    base = [f"trainer.steps={steps}", f"trainer.seed={seed}",
+            f"trainer.eval_every={max(5, steps // 4)}",  # five points on each curve, with step 0
             f"trainer.eval_rows={b['eval_rows']}", "tracking.experiment=zs-ray-table"]
     cfg = quickstart_config(out, base)
     if not os.path.exists(f"{out}/simulator_sft/model.safetensors"):  # reuse the quickstart's prior and simulator
@@ -85,35 +92,36 @@ def run_table(out: str = "runs/quickstart", preset: str = "full", seed: int = 0,
     results, curves = {}, {}
     a = lambda s: s.get(AVERAGE) or next(iter(s.values()))  # noqa: E731
     progress("\n=== [table] prior + warm start")
-    results["prior + warm start"] = a(evaluate(cfg, f"{out}/policy_warm", b["eval_rows"], "table_warm"))
-    n_traj = b["rl_steps"] * cfg.trainer.prompts_per_step * cfg.rollout.n_samples
+    results["prior + warm start"] = a(evaluate(cfg, f"{out}/policy_warm", b["eval_rows"], f"table{tag}_warm"))
+    n_traj = steps * cfg.trainer.prompts_per_step * cfg.rollout.n_samples
     progress(f"\n=== [table] warm start + more SFT ({n_traj} demonstrations = RL's trajectories)")
-    sft_dir = (f"{out}/policy_more_sft" if reuse and os.path.exists(f"{out}/policy_more_sft/model.safetensors")
-               else _sft_baseline(out, cfg, n_traj, seed, progress))
-    results["warm start + more SFT, same compute as RL"] = a(evaluate(cfg, sft_dir, b["eval_rows"], "table_sft"))
+    sft_dir = (sft_out if reuse and os.path.exists(f"{sft_out}/model.safetensors")
+               else _sft_baseline(out, cfg, n_traj, seed, progress, sft_out))
+    sft_row = evaluate(cfg, sft_dir, b["eval_rows"], f"table{tag}_sft")
+    results["warm start + more SFT, same compute as RL"] = a(sft_row)
     for name, ovs in RL_ROWS.items():
         if rows and name not in rows:
             continue
         progress(f"\n=== [table] {name}")
         slug = _slug(name)
         rcfg = quickstart_config(out, base + [o.format(out=out) for o in ovs] + [
-            f"trainer.output_dir={out}/table/{slug}", f"tracking.run_name={name}"])
-        if reuse and os.path.exists(f"{out}/table/{slug}/policy_hf/model.safetensors"):
-            progress(f"(reusing the finished policy in {out}/table/{slug})")
+            f"trainer.output_dir={tdir}/{slug}", f"tracking.run_name={name}{tag}"])
+        if reuse and os.path.exists(f"{tdir}/{slug}/policy_hf/model.safetensors"):
+            progress(f"(reusing the finished policy in {tdir}/{slug})")
         else:
             train(rcfg, progress)
-        results[name] = a(evaluate(rcfg, f"{out}/table/{slug}/policy_hf", b["eval_rows"], f"table_{slug}"))
-        curves[name] = _history(rcfg, name)
-    zs = f"{out}/table/{_slug('GRPO + simulate_sft + curriculum')}/policy_hf"
+        results[name] = a(evaluate(rcfg, f"{tdir}/{slug}/policy_hf", b["eval_rows"], f"table_{slug}"))
+        curves[name] = _history(rcfg, rcfg.tracking.run_name)
+    zs = f"{tdir}/{_slug('GRPO + simulate_sft + curriculum')}/policy_hf"
     if os.path.isdir(zs):
         progress("\n=== [table] no search at test time")
         c = OmegaConf.merge(cfg, {"model": {"policy_path": zs}})
         res = run_evaluation(c, mode="agent", max_rows=b["eval_rows"], search=NoSearch(), progress=False,
-                             out_dir=f"{out}/eval_table_nosearch")
+                             out_dir=f"{out}/eval_table{tag}_nosearch")
         results["ZeroSearch policy, no search at test time"] = a(res["summary"])
     elapsed = time.perf_counter() - t0
-    paths = write_table(results, curves, f"{out}/table", elapsed, preset)
-    tracker = Tracker(OmegaConf.merge(cfg, {"tracking": {"run_name": "table"}}))
+    paths = write_table(results, curves, tdir, elapsed, preset, steps)
+    tracker = Tracker(OmegaConf.merge(cfg, {"tracking": {"run_name": f"table{tag}"}}))
     for p in paths.values():
         tracker.log_artifact(p, "table")
     tracker.finish()
@@ -121,9 +129,11 @@ def run_table(out: str = "runs/quickstart", preset: str = "full", seed: int = 0,
     return {"results": results, "curves": curves, "paths": paths, "seconds": elapsed}
 
 
-def write_table(results: dict, curves: dict, out_dir: str, seconds: float, preset: str) -> dict:
+def write_table(results: dict, curves: dict, out_dir: str, seconds: float, preset: str,
+                rl_steps: int | None = None) -> dict:
     os.makedirs(out_dir, exist_ok=True)
-    md = [f"Held-out EM with real BM25 search at test time (preset `{preset}`, {seconds / 60:.0f} min, "
+    budget = f", {rl_steps} RL steps" if rl_steps else ""
+    md = [f"Held-out EM with real BM25 search at test time (preset `{preset}`{budget}, {seconds / 60:.0f} min, "
           f"{time.strftime('%Y-%m-%d')}).", "",
           "| row | EM | cover-EM | F1 | searches/question |", "|---|---|---|---|---|"]
     for name, a in results.items():
