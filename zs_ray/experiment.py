@@ -160,7 +160,8 @@ def write_table(results: dict, curves: dict, out_dir: str, seconds: float, prese
                 ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=name)
         ax.set_xlabel("training step")
         ax.set_ylabel(f"held-out {metric.upper()} (BM25 search)")
-    axes[0].legend(fontsize=7)
+    if axes[0].get_legend_handles_labels()[0]:  # a table without RL rows has no curves to label
+        axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(paths["plot"], dpi=100)
     plt.close(fig)
