@@ -18,7 +18,8 @@ def main(argv):
                         "as RL samples trajectories; results go to OUT/table_rlN")
     p.add_argument("--rows", nargs="*", default=None, help="only these RL rows (names as in the table)")
     p.add_argument("--reuse", action="store_true",
-                   help="evaluate rows whose policy is already trained under OUT/table instead of training again")
+                   help="evaluate rows whose policy is already trained under OUT/table (OUT/table_rlN with --rl-steps) "
+                        "instead of training again")
     a = p.parse_args(argv)
     from zs_ray.runtime import apply_local_env
 
