@@ -344,13 +344,18 @@ class Bench:
             self.paths["policy"], rc, search_cfg, i, 0, self.device) for i in range(max(counts))]
         ray.get([w.ready.remote() for w in workers])
 
+        busy = {k: [] for k in counts}  # share of the machine's cores kept busy, per run
+
         def tok_s(k, step):
-            t = time.perf_counter()
+            t, b = time.perf_counter(), cpu_busy_s()
             parts = ray.get([w.rollout.remote(part, n, step) for w, part in zip(workers, split_groups(self.rows, k))
                              if part])
-            return sum(sum(x["loss_mask"]) for part in parts for x in part) / (time.perf_counter() - t)
+            wall = time.perf_counter() - t
+            busy[k].append((cpu_busy_s() - b) / ((os.cpu_count() or 1) * wall))
+            return sum(sum(x["loss_mask"]) for part in parts for x in part) / wall
         for k in counts:  # warm-up every engine involved
             tok_s(k, -1)
+        busy = {k: [] for k in counts}
         res = {k: [] for k in counts}
         for rep in range(self.p["scale_reps"]):
             for k in (counts if rep % 2 == 0 else counts[::-1]):
@@ -358,11 +363,15 @@ class Bench:
         for w in workers:
             ray.kill(w)
         self.details["rollout tok/s by workers"] = {k: [round(x) for x in v] for k, v in res.items()}
+        self.details["rollout: busy share of the cores by workers"] = {k: [round(x, 2) for x in v]
+                                                                       for k, v in busy.items()}
+        use = {k: statistics.median(v) for k, v in busy.items()}
         rows = []
         for k in counts[1:]:
             o, b, r = paired(res[k], res[counts[0]])
             rows.append(Row(f"6. rollout, {k} vs 1 rollout workers", o, b, r, ">= 1", "tok/s",
-                            "2 cores: 1 worker + the simulator already use both"))
+                            f"{os.cpu_count()} cores busy {use[counts[0]]:.0%} with 1 worker (+ the simulator), "
+                            f"{use[k]:.0%} with {k}"))
         return rows
 
     # -------------------------------------------------------------- 6b. policy workers
