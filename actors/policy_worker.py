@@ -23,15 +23,15 @@ import ray
 import torch
 import torch.distributed as dist
 
-from zs_ray.algorithms import actor_loss, entropy_from_logits, value_loss
+from zs_ray.algorithms import actor_loss, entropy_from_logits, lr_factor, value_loss
 from zs_ray.batch import merge_rank_outputs, micro_batches, pad_columns, split_for_ranks, trim_padding
 from zs_ray.runtime import LOOPBACK, actor_env
 from zs_ray.weight_sync import NcclGroup, broadcast_state, pack_meta
 
 ROLES = ("actor", "ref", "critic")
 _ALGO_DEFAULTS = dict(clip=0.2, kl_estimator="k3", kl_coef=0.001, entropy_coef=0.001, lr=1e-6,
-                      weight_decay=0.01, warmup_steps=0, grad_clip=1.0, micro_batch_size=8, epochs=1,
-                      critic_lr=1e-5, value_clip=0.5)
+                      weight_decay=0.01, warmup_steps=0, lr_schedule="constant", min_lr_ratio=0.1, total_steps=0,
+                      grad_clip=1.0, micro_batch_size=8, epochs=1, critic_lr=1e-5, value_clip=0.5)
 _MODEL_DEFAULTS = dict(dtype="float32", attn_implementation="sdpa", trust_remote_code=False,
                        gradient_checkpointing=False)
 
@@ -144,12 +144,10 @@ class PolicyWorker:
             fully_shard(model, **kw)
         if self.role != "ref":
             lr = self.algo["critic_lr"] if self.role == "critic" else self.algo["lr"]
-            warm = int(self.algo["warmup_steps"])
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr,
-                                               weight_decay=self.algo["weight_decay"])
-            # Linear warm-up over `warm` steps, then constant.
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm > 0 else 1.0)
+            a = self.algo
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=a["weight_decay"])
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(
+                s, int(a["warmup_steps"]), int(a["total_steps"]), a["lr_schedule"], float(a["min_lr_ratio"])))
         else:
             self.model.requires_grad_(False)
         n_params = sum(p.numel() for p in self.model.parameters())

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from zs_ray.algorithms import (actor_loss, entropy_from_logits, gae, grpo_advantages, kl_penalty,
+from zs_ray.algorithms import (actor_loss, entropy_from_logits, gae, grpo_advantages, kl_penalty, lr_factor,
                                masked_sum_mean, policy_loss, ppo_token_rewards, reinforce_advantages,
                                value_loss)
 
@@ -250,3 +250,17 @@ def test_entropy_from_logits():
     assert torch.allclose(entropy_from_logits(torch.zeros(2, 4)), torch.full((2,), math.log(4)))
     peaked = torch.tensor([[100.0, 0.0, 0.0]])
     assert entropy_from_logits(peaked).item() == pytest.approx(0.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------- lr schedule
+
+def test_lr_factor_warmup_constant_and_cosine():
+    assert [lr_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]  # warm-up, then constant
+    assert lr_factor(1000, 0, 10) == 1.0  # constant ignores the total
+    cos = [lr_factor(s, 0, 100, "cosine", 0.1) for s in (0, 50, 100, 150)]
+    assert cos[0] == pytest.approx(1.0) and cos[1] == pytest.approx(0.55) and cos[2:] == pytest.approx([0.1, 0.1])
+    assert lr_factor(2, 4, 100, "cosine") == 0.75 and lr_factor(4, 4, 104, "cosine") == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(*[[lr_factor(s, 0, 50, "cosine") for s in r] for r in (range(0, 60),
+                                                                                           range(1, 61))]))
+    with pytest.raises(ValueError, match="algorithm.lr_schedule"):
+        lr_factor(10, 0, 100, "linear")

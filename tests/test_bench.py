@@ -27,3 +27,16 @@ def test_quick_flag_parsing():
     a = parse_args(["--quick", "rollout.max_turn_tokens=32"])
     assert a.quick and a.overrides == ["rollout.max_turn_tokens=32"] and a.config is None
     assert not parse_args([]).quick
+
+
+def test_cpu_busy_counts_a_busy_loop():
+    """Figure 2's floor divides the machine's busy core-seconds by the cores: a busy loop must show up in them
+    (other jobs on the machine only add to it, so the check is one-sided)."""
+    import time
+
+    from zs_ray.bench import cpu_busy_s
+
+    b0, t0 = cpu_busy_s(), time.perf_counter()
+    while time.perf_counter() - t0 < 0.5:
+        pass
+    assert cpu_busy_s() - b0 >= 0.25

@@ -68,6 +68,8 @@ def test_override_without_equals():
     (["algorithm.name=dpo"], "algorithm.name"),
     (["algorithm.reward=format"], "algorithm.reward"),
     (["algorithm.kl_estimator=k2"], "algorithm.kl_estimator"),
+    (["algorithm.lr_schedule=linear"], "algorithm.lr_schedule"),
+    (["algorithm.min_lr_ratio=1.5"], "algorithm.min_lr_ratio"),
     (["search.backend=google"], "search.backend"),
     (["search.topk=0"], "search.topk"),
     (["curriculum.end=1.5"], "curriculum.end"),

@@ -61,6 +61,15 @@ class Row:
         return self.ratio >= float(v) if op == ">=" else self.ratio <= float(v)
 
 
+def cpu_busy_s() -> float:
+    """The machine's busy CPU time so far, summed over cores (s): not idle, iowait or steal (the hypervisor's);
+    guest time is already inside user time on Linux."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(t) - sum(getattr(t, k, 0.0) for k in ("idle", "iowait", "steal", "guest", "guest_nice"))
+
+
 def paired(ours: list[float], base: list[float], ratio: Callable[[float, float], float] = lambda a, b: a / b):
     """Medians of both sides and the median of the per-repetition ratios."""
     rs = [ratio(a, b) for a, b in zip(ours, base)]
@@ -335,13 +344,18 @@ class Bench:
             self.paths["policy"], rc, search_cfg, i, 0, self.device) for i in range(max(counts))]
         ray.get([w.ready.remote() for w in workers])
 
+        busy = {k: [] for k in counts}  # share of the machine's cores kept busy, per run
+
         def tok_s(k, step):
-            t = time.perf_counter()
+            t, b = time.perf_counter(), cpu_busy_s()
             parts = ray.get([w.rollout.remote(part, n, step) for w, part in zip(workers, split_groups(self.rows, k))
                              if part])
-            return sum(sum(x["loss_mask"]) for part in parts for x in part) / (time.perf_counter() - t)
+            wall = time.perf_counter() - t
+            busy[k].append((cpu_busy_s() - b) / ((os.cpu_count() or 1) * wall))
+            return sum(sum(x["loss_mask"]) for part in parts for x in part) / wall
         for k in counts:  # warm-up every engine involved
             tok_s(k, -1)
+        busy = {k: [] for k in counts}
         res = {k: [] for k in counts}
         for rep in range(self.p["scale_reps"]):
             for k in (counts if rep % 2 == 0 else counts[::-1]):
@@ -349,11 +363,15 @@ class Bench:
         for w in workers:
             ray.kill(w)
         self.details["rollout tok/s by workers"] = {k: [round(x) for x in v] for k, v in res.items()}
+        self.details["rollout: busy share of the cores by workers"] = {k: [round(x, 2) for x in v]
+                                                                       for k, v in busy.items()}
+        use = {k: statistics.median(v) for k, v in busy.items()}
         rows = []
         for k in counts[1:]:
             o, b, r = paired(res[k], res[counts[0]])
             rows.append(Row(f"6. rollout, {k} vs 1 rollout workers", o, b, r, ">= 1", "tok/s",
-                            "2 cores: 1 worker + the simulator already use both"))
+                            f"{os.cpu_count()} cores busy {use[counts[0]]:.0%} with 1 worker (+ the simulator), "
+                            f"{use[k]:.0%} with {k}"))
         return rows
 
     # -------------------------------------------------------------- 6b. policy workers
@@ -412,9 +430,10 @@ class Bench:
         ray = self.ray
 
         def segment(staleness: int, n: int):
-            """n steps with this staleness (the Trainer.train loop); returns step intervals and metrics."""
+            """n steps with this staleness (the Trainer.train loop); returns step intervals, metrics and the
+            machine's busy CPU core-seconds in each interval."""
             tr.cfg.trainer.staleness = staleness
-            end, inflight, next_gen, ends, ms = tr.step + n, collections.deque(), tr.step, [], []
+            end, inflight, next_gen, ends, ms, busy = tr.step + n, collections.deque(), tr.step, [], [], []
             while tr.step < end:
                 while next_gen < end and may_launch(next_gen, tr.version, staleness):
                     inflight.append(tr._launch(next_gen))
@@ -425,15 +444,18 @@ class Bench:
                          else [t for part in ray.get(job[1]) for t in part])
                 ms.append(tr.train_step(trajs, time.perf_counter() - t_launch))
                 ends.append(time.perf_counter())
-            return [b - a for a, b in zip(ends, ends[1:])], ms  # the first step fills the pipeline: not counted
+                busy.append(cpu_busy_s())
+            # the first step fills the pipeline: not counted
+            return [b - a for a, b in zip(ends, ends[1:])], ms, [b - a for a, b in zip(busy, busy[1:])]
         try:
             segment(0, 1)  # warm-up
-            s0, s1, metrics = [], [], []
+            s0, s1, metrics, cpu = [], [], [], {0: [], 1: []}
             for rep in range(p["stale_reps"]):
                 pair = [(0, s0), (1, s1)]
                 for st, out in (pair if rep % 2 == 0 else pair[::-1]):
-                    dts, ms = segment(st, p["steps"] + 1)
+                    dts, ms, busy = segment(st, p["steps"] + 1)
                     out.append(statistics.median(dts))
+                    cpu[st].append(statistics.median(busy))
                     metrics += ms
         finally:
             tr.shutdown()
@@ -443,9 +465,17 @@ class Bench:
         fracs = [a / c for a, c in zip(sync, step)]
         self.details["step s (staleness 1, 0)"] = [[round(x, 2) for x in s1], [round(x, 2) for x in s0]]
         self.details["time/sync s"] = [round(x, 3) for x in sync]
+        self.details["busy CPU core-s per step (staleness 1, 0)"] = [[round(x, 2) for x in cpu[1]],
+                                                                     [round(x, 2) for x in cpu[0]]]
+        cores = os.cpu_count() or 1
+        floor = statistics.median(cpu[0]) / cores  # the staleness-0 step's CPU work spread over every core
+        use1 = statistics.median(c / (cores * t) for c, t in zip(cpu[1], s1))
         n_traj = int(cfg.trainer.prompts_per_step) * int(cfg.rollout.n_samples)
         return [Row("2. training step, staleness 1 vs 0", o, b, r, "<= 0.7", "s/step",
                     f"{n_traj} trajectories/step, {cfg.resources.policy_workers} policy workers; time ratio"),
+                Row(f"2. floor on {cores} cores: CPU work of a staleness-0 step / {cores}", floor, b, floor / b, "",
+                    "s/step", f"no overlap of the same work can beat this ratio here; staleness 1 kept "
+                    f"{use1:.0%} of the {cores} cores busy"),
                 Row("4. weight sync / step time", statistics.median(sync), statistics.median(step),
                     statistics.median(fracs), "<= 0.05", "s", "time/sync over time/step, median over steps")]
 

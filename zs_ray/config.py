@@ -113,6 +113,8 @@ class AlgorithmConfig:
     lr: float = 1e-6
     weight_decay: float = 0.01
     warmup_steps: int = 0
+    lr_schedule: str = "constant"  # constant | cosine: down to min_lr_ratio x lr at trainer.steps
+    min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     micro_batch_size: int = 8
     epochs: int = 1  # optimisation passes over each batch
@@ -299,6 +301,8 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.algorithm.name in ALGORITHMS, "algorithm.name", f"must be one of {ALGORITHMS}")
     _check(cfg.algorithm.reward in ("f1", "em", "cover_em"), "algorithm.reward", "must be f1, em or cover_em")
     _check(cfg.algorithm.kl_estimator in ("k1", "k3"), "algorithm.kl_estimator", "must be k1 or k3")
+    _check(cfg.algorithm.lr_schedule in ("constant", "cosine"), "algorithm.lr_schedule", "must be constant or cosine")
+    _check(0.0 <= cfg.algorithm.min_lr_ratio <= 1.0, "algorithm.min_lr_ratio", "must be in [0, 1]")
     _check(cfg.trainer.staleness >= 0, "trainer.staleness", "must be >= 0")
     _check(cfg.trainer.steps >= 1, "trainer.steps", "must be >= 1")
     _check(cfg.trainer.prompts_per_step >= 1, "trainer.prompts_per_step", "must be >= 1")

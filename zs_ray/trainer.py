@@ -60,7 +60,7 @@ class Trainer:
         self.ckpt_root = os.path.join(self.out, "checkpoints")
         self.curriculum_steps = cfg.curriculum.total_steps or cfg.trainer.steps
         r, a, m = cfg.resources, cfg.algorithm, cfg.model
-        algo, model = _plain(a), _plain(m)
+        algo, model = {**_plain(a), "total_steps": cfg.trainer.steps}, _plain(m)  # for the lr schedule
         res = lambda kind: {"num_cpus": r[f"cpus_per_{kind}"], "num_gpus": r[f"gpus_per_{kind}"]}  # noqa: E731
         self.search_cfg = self._start_search()
         group = lambda path, role, **kw: WorkerGroup(  # noqa: E731
