@@ -238,6 +238,12 @@ class Bench:
 
         self.rollout_cfg = _plain(cfg.rollout)
         s = _plain(cfg.search)
+        # One engine batch must hold every trajectory's search of a turn (the config is sized for the
+        # quickstart's 8 prompts x 5): a smaller batch splits a turn's searches into two waves.
+        n_traj = p["prompts"] * int(cfg.rollout.n_samples)
+        if n_traj > int(s["max_batch_size"]):
+            s["kv_cache_gb"] = float(s["kv_cache_gb"]) * n_traj / int(s["max_batch_size"])
+            s["max_batch_size"] = n_traj
         self.sim_cfg = {**s, "http_port": free_port(), "app_name": "bench_sim"}
         self.handle = deploy_simulator(self.sim_cfg, paths["simulator"], name="bench_sim", route_prefix="/bench_sim",
                                        num_gpus=cfg.resources.gpus_per_simulator)
@@ -277,7 +283,7 @@ class Bench:
                                                                        [round(x, 1) for x in seq]]
         return Row("3. simulator, 64 concurrent callers vs 1 at a time", o, b, r, ">= 8", "docs/s",
                    f"SFT'd simulator ({self.p['sim_sft']} steps), topk {self.sim_cfg['topk']}, "
-                   f"max_tokens {self.sim_cfg['max_tokens']}")
+                   f"max_tokens {self.sim_cfg['max_tokens']}, engine batch {self.sim_cfg['max_batch_size']}")
 
     # -------------------------------------------------------------- 1. rollout vs the reference loop
     def rollout(self) -> list[Row]:
