@@ -350,22 +350,21 @@ class Bench:
             self.paths["policy"], rc, search_cfg, i, 0, self.device) for i in range(max(counts))]
         ray.get([w.ready.remote() for w in workers])
 
-        busy = {k: [] for k in counts}  # share of the machine's cores kept busy, per run
-
         def tok_s(k, step):
+            """(sampled tokens/s, share of the machine's cores kept busy) of one rollout with k workers."""
             t, b = time.perf_counter(), cpu_busy_s()
             parts = ray.get([w.rollout.remote(part, n, step) for w, part in zip(workers, split_groups(self.rows, k))
                              if part])
             wall = time.perf_counter() - t
-            busy[k].append((cpu_busy_s() - b) / ((os.cpu_count() or 1) * wall))
-            return sum(sum(x["loss_mask"]) for part in parts for x in part) / wall
+            tokens = sum(sum(x["loss_mask"]) for part in parts for x in part)
+            return tokens / wall, (cpu_busy_s() - b) / ((os.cpu_count() or 1) * wall)
         for k in counts:  # warm-up every engine involved
             tok_s(k, -1)
-        busy = {k: [] for k in counts}
-        res = {k: [] for k in counts}
+        res, busy = {k: [] for k in counts}, {k: [] for k in counts}
         for rep in range(self.p["scale_reps"]):
             for k in (counts if rep % 2 == 0 else counts[::-1]):
-                res[k].append(tok_s(k, rep))
+                v, u = tok_s(k, rep)
+                res[k].append(v), busy[k].append(u)
         for w in workers:
             ray.kill(w)
         self.details["rollout tok/s by workers"] = {k: [round(x) for x in v] for k, v in res.items()}
