@@ -23,7 +23,7 @@ import ray
 import torch
 import torch.distributed as dist
 
-from zs_ray.algorithms import actor_loss, entropy_from_logits, lr_factor, value_loss
+from zs_ray.algorithms import actor_loss, behaviour_weights, entropy_from_logits, lr_factor, value_loss
 from zs_ray.batch import merge_rank_outputs, micro_batches, pad_columns, split_for_ranks, trim_padding
 from zs_ray.runtime import LOOPBACK, actor_env
 from zs_ray.weight_sync import NcclGroup, broadcast_state, pack_meta
@@ -31,7 +31,8 @@ from zs_ray.weight_sync import NcclGroup, broadcast_state, pack_meta
 ROLES = ("actor", "ref", "critic")
 _ALGO_DEFAULTS = dict(clip=0.2, kl_estimator="k3", kl_coef=0.001, entropy_coef=0.001, lr=1e-6,
                       weight_decay=0.01, warmup_steps=0, lr_schedule="constant", min_lr_ratio=0.1, total_steps=0,
-                      grad_clip=1.0, micro_batch_size=8, epochs=1, critic_lr=1e-5, value_clip=0.5)
+                      grad_clip=1.0, micro_batch_size=8, epochs=1, critic_lr=1e-5, value_clip=0.5,
+                      behaviour_correction="none", behaviour_weight_cap=2.0)
 _MODEL_DEFAULTS = dict(dtype="float32", attn_implementation="sdpa", trust_remote_code=False,
                        gradient_checkpointing=False)
 
@@ -54,15 +55,26 @@ def actor_microbatch_loss(logits: torch.Tensor, mb: dict, n_tokens: int, algo: d
 
     Every term is `(x * loss_mask).sum() / n_tokens`, so masked tokens get exactly zero gradient
     and the sum over micro-batches and ranks is the token-mean over the whole batch.
-    `old_logprobs` defaults to the detached current log-probs (exactly on-policy: ratio 1).
+    `old_logprobs` (the proximal policy) defaults to the detached current log-probs (exactly on-policy: ratio
+    1). With algo.behaviour_correction set, `rollout_logprobs` (the behaviour policy) weight each token.
     """
     logp = token_logprobs(logits, mb["input_ids"])
     ent = token_entropy(logits) if algo["entropy_coef"] else None
     old = mb.get("old_logprobs", logp.detach())
     ref = mb.get("ref_logprobs") if algo["kl_coef"] else None
+    w = share = None
+    if algo.get("behaviour_correction", "none") != "none":
+        if "rollout_logprobs" not in mb:
+            raise ValueError("algorithm.behaviour_correction needs the batch's rollout_logprobs (the engine's)")
+        w, over = behaviour_weights(old, mb["rollout_logprobs"], mb["loss_mask"],
+                                    float(algo.get("behaviour_weight_cap", 2.0)), algo["behaviour_correction"])
+        share = mb["loss_mask"].sum() / max(n_tokens, 1)  # this micro-batch's share of the global tokens
     loss, stats = actor_loss(logp, old, ref, mb["advantages"], mb["loss_mask"], n_tokens, ent,
                              clip=algo["clip"], kl_coef=algo["kl_coef"], kl_estimator=algo["kl_estimator"],
-                             entropy_coef=algo["entropy_coef"])
+                             entropy_coef=algo["entropy_coef"], weights=w)
+    if w is not None:  # global token-means once summed over micro-batches and ranks
+        stats["behav_weight"] = w.sum() / max(n_tokens, 1)
+        stats["behav_over_cap"] = over * share
     if ent is None:  # for the stats only
         with torch.no_grad():
             stats["entropy"] = (token_entropy(logits) * mb["loss_mask"]).sum() / max(n_tokens, 1)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from zs_ray.algorithms import (actor_loss, entropy_from_logits, gae, grpo_advantages, kl_penalty, lr_factor,
+from zs_ray.algorithms import (actor_loss, behaviour_weights, entropy_from_logits, gae, grpo_advantages, kl_penalty, lr_factor,
                                masked_sum_mean, policy_loss, ppo_token_rewards, reinforce_advantages,
                                value_loss)
 
@@ -235,6 +235,48 @@ def test_policy_loss_per_token_advantages():
     adv = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, -6.0]])
     loss, _ = policy_loss(logp, logp, adv, torch.ones(2, 3), 6)
     assert loss.item() == pytest.approx(0.0)
+
+
+def test_behaviour_weights_truncate_and_mask():
+    prox = torch.log(torch.tensor([[0.5, 0.9, 0.2, 0.3]]))
+    behav = torch.log(torch.tensor([[0.5, 0.3, 0.4, 0.9]]))  # w = 1, 3, 0.5, 1/3
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    w, over = behaviour_weights(prox, behav, mask, cap=2.0, mode="truncate")
+    assert torch.allclose(w, torch.tensor([[1.0, 2.0, 0.5, 0.0]]))
+    assert over.item() == pytest.approx(1 / 3)  # of the 3 policy tokens
+    w_m, over_m = behaviour_weights(prox, behav, mask, cap=2.0, mode="mask")
+    assert torch.allclose(w_m, torch.tensor([[1.0, 0.0, 0.5, 0.0]])) and over_m.item() == pytest.approx(1 / 3)
+    # on-policy samples (prox == behav) get weight exactly 1: the correction changes nothing
+    w1, over1 = behaviour_weights(prox, prox, mask)
+    assert torch.equal(w1, mask) and over1.item() == 0.0
+    with pytest.raises(ValueError, match="behaviour_correction"):
+        behaviour_weights(prox, behav, mask, mode="clip")
+
+
+def test_behaviour_weights_scale_the_policy_gradient_only():
+    logits, tokens, mask, old, ref, adv = _batch(4)
+    n = mask.sum()
+    logp = torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0]
+    behav = old - 0.4 * torch.randn_like(old)
+    w, _ = behaviour_weights(old, behav, mask, cap=2.0)
+    pg, _ = policy_loss(logp, old, adv, mask, n)
+    pg_w, _ = policy_loss(logp, old, adv, mask, n, weights=w)
+    ratio = torch.exp(logp - old)
+    r_c = torch.minimum(ratio * adv[:, None], ratio.clamp(0.8, 1.2) * adv[:, None])
+    assert pg_w.item() == pytest.approx((-(r_c * w * mask).sum() / n).item(), rel=1e-5)
+    assert pg_w.item() != pytest.approx(pg.item())
+    # KL and entropy are unweighted: the difference of the totals is the difference of the pg terms
+    ent = entropy_from_logits(logits)
+    tot, _ = actor_loss(logp, old, ref, adv, mask, n, ent, kl_coef=0.5)
+    tot_w, _ = actor_loss(logp, old, ref, adv, mask, n, ent, kl_coef=0.5, weights=w)
+    assert (tot_w - tot).item() == pytest.approx((pg_w - pg).item(), abs=1e-6)
+    # weights carry no gradient; the gradient of a token is w times the unweighted one
+    lp = logp.detach().clone().requires_grad_(True)
+    policy_loss(lp, lp.detach(), adv, mask, n, weights=w)[0].backward()
+    g_w = lp.grad.clone()
+    lp.grad = None
+    policy_loss(lp, lp.detach(), adv, mask, n)[0].backward()
+    assert torch.allclose(g_w, lp.grad * w, atol=1e-7)
 
 
 def test_value_loss_clipped():

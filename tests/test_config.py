@@ -70,6 +70,8 @@ def test_override_without_equals():
     (["algorithm.kl_estimator=k2"], "algorithm.kl_estimator"),
     (["algorithm.lr_schedule=linear"], "algorithm.lr_schedule"),
     (["algorithm.min_lr_ratio=1.5"], "algorithm.min_lr_ratio"),
+    (["algorithm.behaviour_correction=is"], "algorithm.behaviour_correction"),
+    (["algorithm.behaviour_weight_cap=0.5"], "algorithm.behaviour_weight_cap"),
     (["search.backend=google"], "search.backend"),
     (["search.topk=0"], "search.topk"),
     (["curriculum.end=1.5"], "curriculum.end"),

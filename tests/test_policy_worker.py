@@ -175,6 +175,39 @@ def test_masked_tokens_get_exactly_zero_gradient_in_the_loss(hf_ref, vocab):
     hf_ref.zero_grad(set_to_none=True)
 
 
+def test_behaviour_correction_in_the_worker_loss(hf_ref, vocab):
+    """algorithm.behaviour_correction: on-policy samples change nothing; stale ones are weighted, masked stay 0."""
+    from actors.policy_worker import _ALGO_DEFAULTS, actor_microbatch_loss
+
+    b = make_batch(vocab, n=3, seed=6)
+    n = int(b["loss_mask"].sum())
+    algo = {**_ALGO_DEFAULTS, **ALGO}
+    with torch.no_grad():
+        logits = hf_ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    from actors.policy_worker import token_logprobs
+    b["old_logprobs"] = token_logprobs(logits, b["input_ids"])
+    plain, s0 = actor_microbatch_loss(logits, b, n, algo)
+    on = dict(b, rollout_logprobs=b["old_logprobs"].clone())
+    same, s1 = actor_microbatch_loss(logits, on, n, {**algo, "behaviour_correction": "truncate"})
+    assert same.item() == pytest.approx(plain.item(), abs=1e-6) and "behav_weight" not in s0
+    assert s1["behav_weight"].item() == pytest.approx(1.0) and s1["behav_over_cap"].item() == 0.0
+    stale = dict(b, rollout_logprobs=b["old_logprobs"] - 1.0)  # the engine gave every token e^-1 less: w = e
+    _, s2 = actor_microbatch_loss(logits, stale, n, {**algo, "behaviour_correction": "truncate"})
+    assert s2["behav_weight"].item() == pytest.approx(2.0) and s2["behav_over_cap"].item() == pytest.approx(1.0)
+    _, s3 = actor_microbatch_loss(logits, stale, n, {**algo, "behaviour_correction": "mask"})
+    assert s3["behav_weight"].item() == 0.0  # every token over the cap is dropped
+    logits = hf_ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    logits.retain_grad()
+    half = dict(b, rollout_logprobs=b["old_logprobs"] - 0.5 * torch.rand(b["input_ids"].shape))
+    actor_microbatch_loss(logits, half, n, {**algo, "behaviour_correction": "truncate"})[0].backward()
+    target_mask = torch.nn.functional.pad(b["loss_mask"][:, 1:], (0, 1))
+    assert (logits.grad.abs().sum(-1)[target_mask == 0] == 0).all()
+    hf_ref.zero_grad(set_to_none=True)
+    with pytest.raises(ValueError, match="rollout_logprobs"):
+        actor_microbatch_loss(logits, {k: v for k, v in b.items() if k != "rollout_logprobs"}, n,
+                              {**algo, "behaviour_correction": "truncate"})
+
+
 def test_masked_positions_do_not_change_the_update(groups, vocab):
     """End to end through Ray + FSDP: garbage at masked positions leaves the trained weights bit-identical."""
     g2 = groups["g2"]

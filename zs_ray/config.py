@@ -118,6 +118,10 @@ class AlgorithmConfig:
     grad_clip: float = 1.0
     micro_batch_size: int = 8
     epochs: int = 1  # optimisation passes over each batch
+    # Stale samples (trainer.staleness > 0): weight each token by pi_prox / pi_behav, the trainer's over the
+    # rollout engine's probability (zs_ray.algorithms.behaviour_weights). none | truncate (min(w, cap)) | mask.
+    behaviour_correction: str = "none"
+    behaviour_weight_cap: float = 2.0
     adv_eps: float = 1e-6
     # PPO
     critic_lr: float = 1e-5
@@ -303,6 +307,10 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.algorithm.kl_estimator in ("k1", "k3"), "algorithm.kl_estimator", "must be k1 or k3")
     _check(cfg.algorithm.lr_schedule in ("constant", "cosine"), "algorithm.lr_schedule", "must be constant or cosine")
     _check(0.0 <= cfg.algorithm.min_lr_ratio <= 1.0, "algorithm.min_lr_ratio", "must be in [0, 1]")
+    _check(cfg.algorithm.behaviour_correction in ("none", "truncate", "mask"), "algorithm.behaviour_correction",
+           "must be none, truncate or mask")
+    _check(cfg.algorithm.behaviour_weight_cap >= 1.0, "algorithm.behaviour_weight_cap",
+           "must be >= 1 (a cap below 1 would down-weight on-policy tokens)")
     _check(cfg.trainer.staleness >= 0, "trainer.staleness", "must be >= 0")
     _check(cfg.trainer.steps >= 1, "trainer.steps", "must be >= 1")
     _check(cfg.trainer.prompts_per_step >= 1, "trainer.prompts_per_step", "must be >= 1")
