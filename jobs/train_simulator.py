@@ -61,7 +61,7 @@ def main(cfg) -> dict:
     result = run(base, sft.output_dir, questions=questions, index=index, trajectories=trajectories,
                  topk=sft.topk, heldout_frac=sft.heldout_frac, eval_questions=sft.eval_questions,
                  eval_temperature=sft.eval_temperature, answer_first=sft.answer_first,
-                 answer_aware=sft.answer_aware, seed=sft.seed,
+                 answer_aware=sft.answer_aware, hop_aware=sft.hop_aware, seed=sft.seed,
                  steps=sft.steps, batch_size=sft.batch_size,
                  lr=sft.lr, weight_decay=sft.weight_decay, warmup_steps=sft.warmup_steps, grad_clip=sft.grad_clip,
                  max_doc_words=sft.max_doc_words, answer_weight=sft.answer_weight, threads=sft.threads)

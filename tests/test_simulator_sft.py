@@ -154,6 +154,38 @@ def test_answer_aware_pairs_find_answers_bm25_cannot_search_for(tmp_path):
     assert aware[0]["docs"][1].startswith("kavo:")  # the bridge passage: the question's best BM25 hit
 
 
+def test_hop_aware_pairs_label_each_query_by_the_hop_it_asks(tmp_path):
+    """hop_aware: a first-hop query is useful when its documents name the bridge entity, the last hop's when
+    they state the answer; the whole question counts as the first hop; no answer-aware pair for it."""
+    from zs_ray.retrieval import BM25Index
+
+    corpus = [{"id": "0", "contents": "kavo\nkavo founder is rimas . kavo river is dorpe ."},
+              {"id": "1", "contents": "rimas\nrimas year is 1 8 2 1 . rimas school is telmun ."},
+              {"id": "2", "contents": "dorpe\ndorpe year is 1 8 2 2 . dorpe founder is sageri ."}]
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in corpus))
+    index = BM25Index.build(str(path))
+    q = {"question": "what is the year of the founder of kavo?", "golden_answers": ["1 8 2 1"],
+         "hops": [["kavo", "founder"], ["rimas", "year"]]}
+    assert S.hop_queries(q) == [("kavo founder", ["rimas"]), ("rimas year", ["1 8 2 1"])]
+    assert S.hop_queries({**q, "hops": [["kavo", "founder"]]}) == [] and S.hop_queries({"question": "x"}) == []
+    pairs = S.pairs_from_corpus(index, [q], topk=1, hop_aware=True)
+    assert not any(p["source"] == "bm25_answer_aware" for p in pairs)
+    rows = [dict(p, label=S.answer_in_docs_label(p["question"], p["targets"], p["docs"])) for p in pairs]
+    top = {p["query"]: p for p in rows if p["source"] == "bm25"}
+    assert top["kavo founder"]["targets"] == ["rimas"] and top["kavo founder"]["label"] == S.USEFUL
+    assert top["rimas year"]["targets"] == ["1 8 2 1"] and top["rimas year"]["label"] == S.USEFUL
+    assert top[q["question"]]["targets"] == ["rimas"] and top[q["question"]]["docs"][0].startswith("kavo")
+    assert top[q["question"]]["label"] == S.USEFUL  # real search's first result names the bridge
+    assert all(r["golden_answers"] == ["1 8 2 1"] for r in rows)  # the simulator's prompt keeps the final answer
+    # without hop_aware the same first-hop documents are noisy (no final answer) and the answer-aware pair is back
+    plain = S.pairs_from_corpus(index, [q], topk=1)
+    assert any(p["source"] == "bm25_answer_aware" for p in plain)
+    assert all("targets" not in p or p["targets"] == ["1 8 2 1"] for p in plain)
+    balanced = S.label_and_balance(pairs, seed=0)
+    assert all(S.contains_answer(" ".join(r["docs"]), r["targets"]) == (r["label"] == S.USEFUL) for r in balanced)
+
+
 def test_pairs_from_trajectories_keep_own_question():
     trajs = [{"question": "Q1", "golden_answers": ["a1"], "search_calls": [{"query": "x", "docs": ["d a1"]},
                                                                           {"query": "y", "docs": []}]},

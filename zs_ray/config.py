@@ -193,6 +193,7 @@ class SimulatorSFTConfig:
     max_doc_words: int = 30
     answer_first: bool = True  # useful targets lead with the answer (simulator_sft.lead_with_answer)
     answer_aware: bool = True  # + a pair per question led by the passages stating its answer (multi-hop useful results)
+    hop_aware: bool = False  # questions with `hops`: label each query by the hop it asks (simulator_sft.pairs_from_corpus)
     answer_weight: float = 1.0  # loss weight of the tokens that copy the answer into useful documents (1 = plain SFT)
     steps: int = 300
     batch_size: int = 16

@@ -159,18 +159,23 @@ def build_prior(out: str, pretrain_steps: int, warm_steps: int, seed: int = 0, p
             "prior_tokens": tokens + pre["trained_tokens"] + warm["trained_tokens"]}
 
 
-def train_simulator(out: str, steps: int, answer_weight: float, seed: int = 0, progress=print) -> dict:
+def train_simulator(out: str, steps: int, answer_weight: float, seed: int = 0, progress=print,
+                    hop_aware: bool = False) -> dict:
     import shutil
 
     from .data import load_rows
     from .simulator_sft import run
 
     rows = load_rows(f"{out}/world/world/train.parquet")
+    if hop_aware:  # the parquet (Search-R1's columns) has no hops; the world's questions.jsonl does
+        with open(f"{out}/world/world/questions.jsonl", encoding="utf-8") as f:
+            hops = {q["id"]: q["hops"] for q in map(json.loads, f)}
+        rows = [{**r, "hops": hops.get(r["id"], [])} for r in rows]
     # Start from the copy-pre-trained model: a useful document must copy the answer from the prompt, the
     # same skill the policy needs (from random init the tiny simulator memorises instead of copying).
     res = run(f"{out}/policy_pre", f"{out}/simulator_job", questions=rows,
               corpus=f"{out}/world/world/corpus.jsonl", topk=3, steps=steps, seed=seed, log=progress,
-              eval_questions=100, answer_weight=answer_weight)
+              eval_questions=100, answer_weight=answer_weight, hop_aware=hop_aware)
     shutil.rmtree(f"{out}/simulator_sft", ignore_errors=True)
     shutil.copytree(res["model_dir"], f"{out}/simulator_sft")
     return {k: v for k, v in res.items() if isinstance(v, (int, float, str))}
@@ -203,7 +208,8 @@ def run(out: str = "runs/quickstart", preset: str = "full", seed: int = 0, overr
     results.update(st.run("prior", build_prior, out, b["pretrain_steps"], b["warm_steps"], seed, progress,
                           b["induction_steps"], isolate=True))
     results["simulator"] = st.run("simulator", train_simulator, out, b["sim_steps"],
-                                  cfg.simulator_sft.answer_weight, seed, progress, isolate=True)
+                                  cfg.simulator_sft.answer_weight, seed, progress, cfg.simulator_sft.hop_aware,
+                                  isolate=True)
     warm = st.run("eval warm start", evaluate, cfg, f"{out}/policy_warm", b["eval_rows"], "warm", isolate=True)
     from .trainer import run as train
 

@@ -125,8 +125,20 @@ def passages_stating(index, answers: Iterable[str]) -> dict[str, list[int]]:
     return out
 
 
+def hop_queries(row: dict) -> list[tuple[str, list[str]]]:
+    """(query, what answers it) per hop of a multi-hop row with `hops` [[entity, attribute], ...] (the
+    world's questions.jsonl): hop i asks "entity attribute" and is answered by the next hop's entity, the
+    last hop by the gold answers. [] for rows with fewer than two hops."""
+    hops = row.get("hops") or []
+    if len(hops) < 2:
+        return []
+    return [(f"{entity} {attr}", [str(hops[i + 1][0])] if i + 1 < len(hops) else golds_of(row))
+            for i, (entity, attr) in enumerate(hops)]
+
+
 def pairs_from_corpus(index, questions: Sequence[dict], topk: int = 5, depth: int = 4,
-                      query_fn: Callable = default_queries, seed: int = 0, answer_aware: bool = True) -> list[dict]:
+                      query_fn: Callable = default_queries, seed: int = 0, answer_aware: bool = True,
+                      hop_aware: bool = False) -> list[dict]:
     """BM25 pairs for each question's queries: the top-k as returned, plus the best k hits that do NOT
     mention a gold answer (related but unhelpful: the kind of results a noisy engine gives).
     `answer_aware`: one more pair per question, shown as the result of the question itself: the passages
@@ -135,22 +147,33 @@ def pairs_from_corpus(index, questions: Sequence[dict], topk: int = 5, depth: in
     states its answer, so without these the simulator never saw a useful result for one (two-hop useful
     documents contained the answer 0 % of the time; a top-50 BM25 search for "question + answer" found an
     answer-bearing passage for 69 % of them, none with a year for an answer). Corpora over
-    ANSWER_SCAN_LIMIT passages fall back to that search (`_answer_search_pairs`)."""
+    ANSWER_SCAN_LIMIT passages fall back to that search (`_answer_search_pairs`).
+    `hop_aware`: rows with `hops` are labelled per query, by what answers the hop it asks: the hop queries
+    themselves ("entity attribute", `hop_queries`) are added, and a question-derived query counts as the
+    first hop (what real search returns for it); such rows get no answer-aware pair. Why: given the gold
+    answer and trained only on whole-question pairs, the simulator put the final answer into 29 % of
+    first-hop results and the bridge entity into 0 %, so on it one search was enough and the policy
+    stopped chaining (two-hop EM 0 with real search at test time, README)."""
     rng = random.Random(seed)
-    jobs = [(row, q) for row in questions for q in query_fn(str(row["question"]), rng)]
-    hits = index.search([q for _, q in jobs], topk * depth) if jobs else []
+    jobs = []  # (row, query, what makes its documents useful)
+    for row in questions:
+        hops = hop_queries(row) if hop_aware else []
+        asks = hops[0][1] if hops else golds_of(row)
+        jobs += [(row, q, asks) for q in query_fn(str(row["question"]), rng)] + [(row, q, a) for q, a in hops]
+    hits = index.search([q for _, q, _ in jobs], topk * depth) if jobs else []
     out = []
-    for (row, q), docs in zip(jobs, hits):
-        golds = golds_of(row)
-        base = dict(query=q, question=str(row["question"]), golden_answers=golds, source="bm25")
+    for (row, q, asks), docs in zip(jobs, hits):
+        base = dict(query=q, question=str(row["question"]), golden_answers=golds_of(row), targets=asks,
+                    source="bm25")
         if docs[:topk]:
             out.append({**base, "docs": docs[:topk]})
-        unhelpful = [d for d in docs if not contains_answer(d, golds)][:topk]
+        unhelpful = [d for d in docs if not contains_answer(d, asks)][:topk]
         if unhelpful and unhelpful != docs[:topk]:
             out.append({**base, "docs": unhelpful, "source": "bm25_filtered"})
-    if answer_aware and questions:
-        out += (_stated_answer_pairs(index, questions, topk) if len(index) <= ANSWER_SCAN_LIMIT
-                else _answer_search_pairs(index, questions, topk))
+    single = [row for row in questions if not (hop_aware and hop_queries(row))]
+    if answer_aware and single:
+        out += (_stated_answer_pairs(index, single, topk) if len(index) <= ANSWER_SCAN_LIMIT
+                else _answer_search_pairs(index, single, topk))
     return out
 
 
@@ -192,14 +215,16 @@ def _answer_search_pairs(index, questions: Sequence[dict], topk: int, depth: int
 def label_and_balance(pairs: Sequence[dict], labeller: Labeller = answer_in_docs_label,
                       seed: int = 0, answer_first: bool = True) -> list[dict]:
     """Label each pair and down-sample the larger class so useful and noisy are equally many;
-    `answer_first`: useful pairs' documents go through `lead_with_answer`."""
+    `answer_first`: useful pairs' documents go through `lead_with_answer`. A pair's `targets` (what answers
+    its query; the gold answers unless set, as by `hop_aware`) decide usefulness."""
     by = {USEFUL: [], NOISY: []}
     for p in pairs:
-        lab = labeller(p["question"], p["golden_answers"], p["docs"])
+        targets = list(p.get("targets") or p["golden_answers"])
+        lab = labeller(p["question"], targets, p["docs"])
         if lab not in by:
             raise ValueError(f"labeller returned {lab!r}; expected {USEFUL!r} or {NOISY!r}")
-        docs = lead_with_answer(p["docs"], p["golden_answers"]) if answer_first and lab == USEFUL else p["docs"]
-        by[lab].append({**p, "docs": list(docs), "label": lab})
+        docs = lead_with_answer(p["docs"], targets) if answer_first and lab == USEFUL else p["docs"]
+        by[lab].append({**p, "targets": targets, "docs": list(docs), "label": lab})
     n = min(len(by[USEFUL]), len(by[NOISY]))
     if n == 0:
         raise ValueError(f"cannot balance the SFT set: {len(by[USEFUL])} useful and {len(by[NOISY])} "
@@ -364,7 +389,8 @@ def split_questions(questions: Sequence[dict], heldout_frac: float, seed: int = 
 def run(base_model: str, out_dir: str, questions: Sequence[dict] = (), index=None, corpus: Optional[str] = None,
         trajectories: Sequence[dict] = (), topk: int = 5, heldout_frac: float = 0.1, eval_questions: int = 100,
         eval_temperature: float = 0.8, labeller: Labeller = answer_in_docs_label, answer_first: bool = True,
-        answer_aware: bool = True, seed: int = 0, log: Callable[[str], None] = print, **train_kw) -> dict:
+        answer_aware: bool = True, hop_aware: bool = False, seed: int = 0, log: Callable[[str], None] = print,
+        **train_kw) -> dict:
     """Collect pairs -> label/balance -> write the set -> SFT -> evaluate on held-out questions."""
     if index is None and corpus and questions:
         from .retrieval import BM25Index
@@ -372,7 +398,8 @@ def run(base_model: str, out_dir: str, questions: Sequence[dict] = (), index=Non
     train_q, held_q = split_questions(questions, heldout_frac, seed)
     pairs = pairs_from_trajectories(trajectories)
     if index is not None and train_q:
-        pairs += pairs_from_corpus(index, train_q, topk=topk, seed=seed, answer_aware=answer_aware)
+        pairs += pairs_from_corpus(index, train_q, topk=topk, seed=seed, answer_aware=answer_aware,
+                                   hop_aware=hop_aware)
     if not pairs:
         raise ValueError("simulator SFT: no (query, documents) pairs; give trajectories, or a corpus and questions")
     rows = label_and_balance(pairs, labeller, seed, answer_first)
