@@ -89,6 +89,7 @@ def behaviour_weights(prox_logp, behav_logp, mask, cap: float = 2.0, mode: str =
     bounded: mode "truncate" uses min(w, cap) (truncated importance sampling, Yao et al. 2025); mode "mask"
     drops tokens with w > cap (AReaL's behav_imp_weight_cap). Why: without it a one-step-stale batch is
     trained as if on-policy; the measured log-prob gap rose 0.02 -> 0.16 just before a collapse (README).
+    pi_behav is the engine's raw log-prob (before top-p), so the nucleus renormalisation is not corrected.
     Returns (w [B, T], zero where mask is 0; the fraction of policy tokens over the cap).
     """
     if mode not in ("truncate", "mask"):
