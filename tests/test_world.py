@@ -191,3 +191,24 @@ def test_pretrain_recall_questions_are_answered_by_the_shown_documents():
         assert len(extra) >= 1
         for attr, name, sentence, value in extra:
             assert sentence == f"{name} {attr} is {value} ." and sentence in info  # copyable from context
+
+
+def test_hops_reach_the_simulator_questions(built):
+    """quickstart.with_hops: the parquet rows get the world's hops; a two-hop row's first hop asks for the
+    bridge (the place's founder), as simulator_sft.hop_aware labels it."""
+    from zs_ray.data import load_rows
+    from zs_ray.quickstart import with_hops
+    from zs_ray.simulator_sft import hop_queries
+
+    wdir = os.path.dirname(built["corpus"])
+    world = load_world(wdir)
+    rows = with_hops(load_rows(built["train"]), wdir)
+    two = [r for r in rows if r["data_source"] == SOURCE_2HOP]
+    assert two and all(len(r["hops"]) == 1 for r in rows if r["data_source"] == SOURCE_1HOP)
+    for r in two[:10]:
+        (place, attr), (founder, _) = r["hops"]
+        first, last = hop_queries(r)
+        assert first == (f"{place} {attr}", [founder]) and world.facts_for(place)[attr] == founder
+        assert last[1] == r["golden_answers"]
+    with pytest.raises(ValueError, match="questions.jsonl has no entry"):
+        with_hops([{"id": "nope", "question": "q"}], wdir)

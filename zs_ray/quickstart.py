@@ -159,6 +159,17 @@ def build_prior(out: str, pretrain_steps: int, warm_steps: int, seed: int = 0, p
             "prior_tokens": tokens + pre["trained_tokens"] + warm["trained_tokens"]}
 
 
+def with_hops(rows: list[dict], world_dir: str) -> list[dict]:
+    """The rows with each question's `hops` ([[entity, attribute], ...]) from the world's questions.jsonl: the
+    parquet (Search-R1's columns) has none, and `simulator_sft.hop_aware` needs them."""
+    with open(os.path.join(world_dir, "questions.jsonl"), encoding="utf-8") as f:
+        hops = {q["id"]: q["hops"] for q in map(json.loads, f)}
+    missing = [r.get("id") for r in rows if r.get("id") not in hops]
+    if missing:
+        raise ValueError(f"{world_dir}/questions.jsonl has no entry for {len(missing)} row ids, e.g. {missing[:3]}")
+    return [{**r, "hops": hops[r["id"]]} for r in rows]
+
+
 def train_simulator(out: str, steps: int, answer_weight: float, seed: int = 0, progress=print,
                     hop_aware: bool = False) -> dict:
     import shutil
@@ -167,10 +178,8 @@ def train_simulator(out: str, steps: int, answer_weight: float, seed: int = 0, p
     from .simulator_sft import run
 
     rows = load_rows(f"{out}/world/world/train.parquet")
-    if hop_aware:  # the parquet (Search-R1's columns) has no hops; the world's questions.jsonl does
-        with open(f"{out}/world/world/questions.jsonl", encoding="utf-8") as f:
-            hops = {q["id"]: q["hops"] for q in map(json.loads, f)}
-        rows = [{**r, "hops": hops.get(r["id"], [])} for r in rows]
+    if hop_aware:
+        rows = with_hops(rows, f"{out}/world/world")
     # Start from the copy-pre-trained model: a useful document must copy the answer from the prompt, the
     # same skill the policy needs (from random init the tiny simulator memorises instead of copying).
     res = run(f"{out}/policy_pre", f"{out}/simulator_job", questions=rows,
