@@ -57,18 +57,19 @@ def actor_microbatch_loss(logits: torch.Tensor, mb: dict, n_tokens: int, algo: d
     and the sum over micro-batches and ranks is the token-mean over the whole batch.
     `old_logprobs` (the proximal policy) defaults to the detached current log-probs (exactly on-policy: ratio
     1). With algo.behaviour_correction set, `rollout_logprobs` (the behaviour policy) weight each token.
+    `algo` is the worker's, with every key of _ALGO_DEFAULTS.
     """
     logp = token_logprobs(logits, mb["input_ids"])
     ent = token_entropy(logits) if algo["entropy_coef"] else None
     old = mb.get("old_logprobs", logp.detach())
     ref = mb.get("ref_logprobs") if algo["kl_coef"] else None
-    w = share = None
-    if algo.get("behaviour_correction", "none") != "none":
+    share = mb["loss_mask"].sum() / max(n_tokens, 1)  # this micro-batch's share of the global tokens
+    w = None
+    if algo["behaviour_correction"] != "none":
         if "rollout_logprobs" not in mb:
             raise ValueError("algorithm.behaviour_correction needs the batch's rollout_logprobs (the engine's)")
         w, over = behaviour_weights(old, mb["rollout_logprobs"], mb["loss_mask"],
-                                    float(algo.get("behaviour_weight_cap", 2.0)), algo["behaviour_correction"])
-        share = mb["loss_mask"].sum() / max(n_tokens, 1)  # this micro-batch's share of the global tokens
+                                    float(algo["behaviour_weight_cap"]), algo["behaviour_correction"])
     loss, stats = actor_loss(logp, old, ref, mb["advantages"], mb["loss_mask"], n_tokens, ent,
                              clip=algo["clip"], kl_coef=algo["kl_coef"], kl_estimator=algo["kl_estimator"],
                              entropy_coef=algo["entropy_coef"], weights=w)
@@ -78,7 +79,7 @@ def actor_microbatch_loss(logits: torch.Tensor, mb: dict, n_tokens: int, algo: d
     if ent is None:  # for the stats only
         with torch.no_grad():
             stats["entropy"] = (token_entropy(logits) * mb["loss_mask"]).sum() / max(n_tokens, 1)
-    stats["clip_frac"] = stats["clip_frac"] * mb["loss_mask"].sum() / max(n_tokens, 1)  # -> a global mean
+    stats["clip_frac"] = stats["clip_frac"] * share  # -> a global mean
     stats["loss"] = loss.detach()
     return loss, stats
 

@@ -158,7 +158,7 @@ def test_colocated_reference_stays_frozen_while_the_policy_trains(groups, vocab)
 
 def test_masked_tokens_get_exactly_zero_gradient_in_the_loss(hf_ref, vocab):
     """The worker's own loss code path: d loss / d logits is exactly 0 wherever the target token is masked."""
-    from actors.policy_worker import actor_microbatch_loss
+    from actors.policy_worker import _ALGO_DEFAULTS, actor_microbatch_loss
 
     b = make_batch(vocab, n=3, seed=3)
     g = torch.Generator().manual_seed(0)
@@ -166,7 +166,8 @@ def test_masked_tokens_get_exactly_zero_gradient_in_the_loss(hf_ref, vocab):
     b["ref_logprobs"] = -torch.rand(b["input_ids"].shape, generator=g) * 5
     logits = hf_ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
     logits.retain_grad()
-    loss, _ = actor_microbatch_loss(logits, b, int(b["loss_mask"].sum()), {**ALGO, "entropy_coef": 0.01})
+    loss, _ = actor_microbatch_loss(logits, b, int(b["loss_mask"].sum()),
+                                    {**_ALGO_DEFAULTS, **ALGO, "entropy_coef": 0.01})
     loss.backward()
     row_grad = logits.grad.abs().sum(-1)  # [B, T]: logits at t-1 produce token t
     target_mask = torch.nn.functional.pad(b["loss_mask"][:, 1:], (0, 1))
@@ -177,14 +178,13 @@ def test_masked_tokens_get_exactly_zero_gradient_in_the_loss(hf_ref, vocab):
 
 def test_behaviour_correction_in_the_worker_loss(hf_ref, vocab):
     """algorithm.behaviour_correction: on-policy samples change nothing; stale ones are weighted, masked stay 0."""
-    from actors.policy_worker import _ALGO_DEFAULTS, actor_microbatch_loss
+    from actors.policy_worker import _ALGO_DEFAULTS, actor_microbatch_loss, token_logprobs
 
     b = make_batch(vocab, n=3, seed=6)
     n = int(b["loss_mask"].sum())
     algo = {**_ALGO_DEFAULTS, **ALGO}
     with torch.no_grad():
         logits = hf_ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-    from actors.policy_worker import token_logprobs
     b["old_logprobs"] = token_logprobs(logits, b["input_ids"])
     plain, s0 = actor_microbatch_loss(logits, b, n, algo)
     on = dict(b, rollout_logprobs=b["old_logprobs"].clone())

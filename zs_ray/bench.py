@@ -363,8 +363,9 @@ class Bench:
         res, busy = {k: [] for k in counts}, {k: [] for k in counts}
         for rep in range(self.p["scale_reps"]):
             for k in (counts if rep % 2 == 0 else counts[::-1]):
-                v, u = tok_s(k, rep)
-                res[k].append(v), busy[k].append(u)
+                rate, share = tok_s(k, rep)
+                res[k].append(rate)
+                busy[k].append(share)
         for w in workers:
             ray.kill(w)
         self.details["rollout tok/s by workers"] = {k: [round(x) for x in v] for k, v in res.items()}

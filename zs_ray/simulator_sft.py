@@ -150,14 +150,15 @@ def pairs_from_corpus(index, questions: Sequence[dict], topk: int = 5, depth: in
     ANSWER_SCAN_LIMIT passages fall back to that search (`_answer_search_pairs`).
     `hop_aware`: rows with `hops` are labelled per query, by what answers the hop it asks: the hop queries
     themselves ("entity attribute", `hop_queries`) are added, and a question-derived query counts as the
-    first hop (what real search returns for it); such rows get no answer-aware pair. Why: given the gold
-    answer and trained only on whole-question pairs, the simulator put the final answer into 29 % of
-    first-hop results and the bridge entity into 0 %, so on it one search was enough and the policy
-    stopped chaining (two-hop EM 0 with real search at test time, README)."""
+    first hop (what real search returns for it); such rows get no answer-aware pair. Why: with answer-aware
+    pairs the simulator put the final answer into 90 % of whole-question results and the bridge entity into
+    0 % of first-hop results, so on it one search was enough and the policy stopped chaining (README)."""
     rng = random.Random(seed)
-    jobs = []  # (row, query, what makes its documents useful)
+    jobs, single = [], []  # (row, query, what makes its documents useful); rows without hops
     for row in questions:
         hops = hop_queries(row) if hop_aware else []
+        if not hops:
+            single.append(row)
         asks = hops[0][1] if hops else golds_of(row)
         jobs += [(row, q, asks) for q in query_fn(str(row["question"]), rng)] + [(row, q, a) for q, a in hops]
     hits = index.search([q for _, q, _ in jobs], topk * depth) if jobs else []
@@ -170,7 +171,6 @@ def pairs_from_corpus(index, questions: Sequence[dict], topk: int = 5, depth: in
         unhelpful = [d for d in docs if not contains_answer(d, asks)][:topk]
         if unhelpful and unhelpful != docs[:topk]:
             out.append({**base, "docs": unhelpful, "source": "bm25_filtered"})
-    single = [row for row in questions if not (hop_aware and hop_queries(row))]
     if answer_aware and single:
         out += (_stated_answer_pairs(index, single, topk) if len(index) <= ANSWER_SCAN_LIMIT
                 else _answer_search_pairs(index, single, topk))
