@@ -114,18 +114,22 @@ def test_lead_with_answer_ranks_documents_and_sentences():
     assert kept["docs"] == docs
 
 
+def _index_of(tmp_path, passages: list[str]):
+    """A BM25 index over passages written as a corpus jsonl (ids 0, 1, ...)."""
+    from zs_ray.retrieval import BM25Index
+
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"id": str(i), "contents": c}) + "\n" for i, c in enumerate(passages)))
+    return BM25Index.build(str(path))
+
+
 @pytest.mark.parametrize("scan", [True, False], ids=["corpus-scan", "large-corpus-search"])
 def test_answer_aware_pairs_give_multi_hop_questions_a_useful_result(tmp_path, monkeypatch, scan):
     """No passage retrieved for a two-hop question states its answer; the answer-aware pair does, and it is
     shown for the question itself (the query the policy would send)."""
-    from zs_ray.retrieval import BM25Index
-
-    corpus = tmp_path / "corpus.jsonl"
-    passages = ["kavo\nThe founder of kavo is rimas .", "rimas\nThe birthplace of rimas is telmun .",
-                "kavo\nkavo is known for wool trade .", "dorpe\nThe birthplace of dorpe is sageri ."]
-    corpus.write_text("".join(json.dumps({"id": str(i), "contents": c}) + "\n" for i, c in enumerate(passages)))
+    index = _index_of(tmp_path, ["kavo\nThe founder of kavo is rimas .", "rimas\nThe birthplace of rimas is telmun .",
+                                 "kavo\nkavo is known for wool trade .", "dorpe\nThe birthplace of dorpe is sageri ."])
     q = [{"question": "What is the birthplace of the founder of kavo?", "golden_answers": ["telmun"]}]
-    index = BM25Index.build(str(corpus))
     if not scan:  # a corpus over the scan limit: the answer-stating hits of a search for "question answer"
         monkeypatch.setattr(S, "ANSWER_SCAN_LIMIT", 0)
     plain = S.pairs_from_corpus(index, q, topk=2, answer_aware=False)
@@ -139,14 +143,9 @@ def test_answer_aware_pairs_give_multi_hop_questions_a_useful_result(tmp_path, m
 def test_answer_aware_pairs_find_answers_bm25_cannot_search_for(tmp_path):
     """bm25s drops one-character tokens, so a year written digit by digit is invisible to a search for the
     answer; the answer-aware pair still leads with the passage stating it, then the question's own hits."""
-    from zs_ray.retrieval import BM25Index
-
-    corpus = [{"id": "0", "contents": "kavo\nkavo founder is rimas . kavo year is 9 9 0 1 ."},
-              {"id": "1", "contents": "rimas\nrimas year is 1 8 2 1 . rimas school is telmun ."},
-              {"id": "2", "contents": "dorpe\ndorpe year is 1 8 2 2 ."}]
-    path = tmp_path / "corpus.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in corpus))
-    index = BM25Index.build(str(path))
+    index = _index_of(tmp_path, ["kavo\nkavo founder is rimas . kavo year is 9 9 0 1 .",
+                                 "rimas\nrimas year is 1 8 2 1 . rimas school is telmun .",
+                                 "dorpe\ndorpe year is 1 8 2 2 ."])
     assert S.passages_stating(index, ["1 8 2 1", "rimas", "absent"]) == {"1 8 2 1": [1], "rimas": [0, 1]}
     q = [{"question": "what is the year of the founder of kavo?", "golden_answers": ["1 8 2 1"]}]
     aware = [p for p in S.pairs_from_corpus(index, q, topk=2) if p["source"] == "bm25_answer_aware"]
@@ -157,14 +156,9 @@ def test_answer_aware_pairs_find_answers_bm25_cannot_search_for(tmp_path):
 def test_hop_aware_pairs_label_each_query_by_the_hop_it_asks(tmp_path):
     """hop_aware: a first-hop query is useful when its documents name the bridge entity, the last hop's when
     they state the answer; the whole question counts as the first hop; no answer-aware pair for it."""
-    from zs_ray.retrieval import BM25Index
-
-    corpus = [{"id": "0", "contents": "kavo\nkavo founder is rimas . kavo river is dorpe ."},
-              {"id": "1", "contents": "rimas\nrimas year is 1 8 2 1 . rimas school is telmun ."},
-              {"id": "2", "contents": "dorpe\ndorpe year is 1 8 2 2 . dorpe founder is sageri ."}]
-    path = tmp_path / "corpus.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in corpus))
-    index = BM25Index.build(str(path))
+    index = _index_of(tmp_path, ["kavo\nkavo founder is rimas . kavo river is dorpe .",
+                                 "rimas\nrimas year is 1 8 2 1 . rimas school is telmun .",
+                                 "dorpe\ndorpe year is 1 8 2 2 . dorpe founder is sageri ."])
     q = {"question": "what is the year of the founder of kavo?", "golden_answers": ["1 8 2 1"],
          "hops": [["kavo", "founder"], ["rimas", "year"]]}
     assert S.hop_queries(q) == [("kavo founder", ["rimas"]), ("rimas year", ["1 8 2 1"])]
