@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from zs_ray.algorithms import (actor_loss, behaviour_weights, entropy_from_logits, gae, grpo_advantages, kl_penalty, lr_factor,
-                               masked_sum_mean, policy_loss, ppo_token_rewards, reinforce_advantages,
-                               value_loss)
+from zs_ray.algorithms import (actor_loss, behaviour_weights, entropy_from_logits, gae, group_spread, grpo_advantages,
+                               kl_penalty, lr_factor, masked_sum_mean, policy_loss, ppo_token_rewards,
+                               reinforce_advantages, value_loss)
 
 
 # ---------------------------------------------------------------- advantages
@@ -49,6 +49,19 @@ def test_grpo_eps_is_added_to_std():
     adv = grpo_advantages(torch.tensor([0.0, 1.0]), [0, 0], eps=1.0)
     std = torch.tensor([0.0, 1.0]).std().item()
     assert adv[1].item() == pytest.approx(0.5 / (std + 1.0))
+
+
+def test_group_spread_marks_the_groups_grpo_learns_from():
+    # a: all wrong, b: differ, c: the same partial F1 (still no spread), d: one sample, e: differ
+    rewards = torch.tensor([0.0, 1.0, 0.0, 0.5, 0.5, 0.5, 0.3, 0.0, 0.25])
+    ids = ["a", "b", "a", "b", "c", "c", "d", "e", "e"]
+    spread = group_spread(rewards, ids)
+    assert spread.tolist() == [False, True, False, True, False, False, False, True, True]
+    # exactly the samples whose group gets a non-zero GRPO advantage somewhere
+    adv = grpo_advantages(rewards, ids)
+    for g in set(ids):
+        idx = [i for i, x in enumerate(ids) if x == g]
+        assert bool(spread[idx[0]]) == bool(adv[idx].abs().sum() > 0)
 
 
 def test_reinforce_is_raw_reward():

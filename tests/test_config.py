@@ -72,6 +72,7 @@ def test_override_without_equals():
     (["algorithm.min_lr_ratio=1.5"], "algorithm.min_lr_ratio"),
     (["algorithm.behaviour_correction=is"], "algorithm.behaviour_correction"),
     (["algorithm.behaviour_weight_cap=0.5"], "algorithm.behaviour_weight_cap"),
+    (["algorithm.filter_groups=true", "algorithm.name=reinforce"], "algorithm.filter_groups"),
     (["search.backend=google"], "search.backend"),
     (["search.topk=0"], "search.topk"),
     (["curriculum.end=1.5"], "curriculum.end"),

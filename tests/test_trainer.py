@@ -111,3 +111,33 @@ def test_staleness_one_runs_and_never_trains_older_samples(ray_session, small_wo
     last = run(cfg, progress=lambda *_: None)
     assert last["policy/version"] == 3
     assert not any(k.startswith("staleness/") and int(k.split("/")[1]) > 1 for k in last)
+
+
+def test_filter_groups_trains_only_groups_whose_rewards_differ(ray_session, small_world, tmp_path):
+    """algorithm.filter_groups: an all-equal group leaves the batch; a step with no other group keeps the weights."""
+    from zs_ray.trainer import Trainer
+
+    cfg = make_cfg(small_world, str(tmp_path), "trainer.steps=2", "algorithm.filter_groups=true")
+    tr = Trainer(cfg, progress=lambda *_: None)
+    try:
+        trajs = ray_session.get(tr._launch(tr.step)[1][0])
+        ids = sorted({t["prompt_id"] for t in trajs})
+        assert len(ids) == 3 and len(trajs) == 6
+        for i, t in enumerate(trajs):  # the first prompt's samples tie; the others' differ
+            t["reward"] = 0.5 if t["prompt_id"] == ids[0] else float(t["sample_index"] % 2)
+        m = tr.train_step(trajs, 0.0)
+        assert m["batch/trained"] == 4 and m["reward/zero_var_groups"] == pytest.approx(1 / 3)
+        assert "actor/skipped" not in m and torch.isfinite(torch.tensor(m["actor/loss"]))
+
+        before = tr.policy.full_state_dict()
+        trajs = ray_session.get(tr._launch(tr.step)[1][0])
+        for t in trajs:
+            t["reward"] = 0.0
+        m = tr.train_step(trajs, 0.0)
+        assert m["batch/trained"] == 0 and m["reward/zero_var_groups"] == 1.0 and m["actor/skipped"] == 1.0
+        after = tr.policy.full_state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)  # no update, but the step and version advance
+        assert m["policy/version"] == 2 and tr.step == 2
+    finally:
+        tr.tracker.finish()
+        tr.shutdown()

@@ -31,6 +31,23 @@ def grpo_advantages(rewards: torch.Tensor, group_ids: list, eps: float = 1e-6) -
     return adv
 
 
+def group_spread(rewards: torch.Tensor, group_ids: list) -> torch.Tensor:
+    """[B] bool: True where the sample's group has rewards that differ (the groups GRPO learns from).
+
+    A group whose samples all got the same reward (all right, all wrong, or the same partial F1) gets
+    advantage 0 for every sample: it adds no policy gradient, only KL and entropy terms and tokens to the
+    token-mean's denominator. DAPO (Yu et al. 2025) drops such groups ("dynamic sampling").
+    """
+    groups: dict = defaultdict(list)
+    for i, g in enumerate(group_ids):
+        groups[g].append(i)
+    out = torch.zeros(len(group_ids), dtype=torch.bool)
+    for idx in groups.values():
+        r = rewards[idx]
+        out[idx] = len(idx) > 1 and not bool((r == r[0]).all())
+    return out
+
+
 def reinforce_advantages(rewards: torch.Tensor) -> torch.Tensor:
     """REINFORCE as in ZeroSearch: the raw reward, no baseline."""
     return rewards.float().clone()

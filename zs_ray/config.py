@@ -123,6 +123,10 @@ class AlgorithmConfig:
     behaviour_correction: str = "none"
     behaviour_weight_cap: float = 2.0
     adv_eps: float = 1e-6
+    # GRPO: drop the groups whose samples all got the same reward (zero advantage) from the batch, so the
+    # token-mean, KL and entropy run over the groups that carry a gradient (DAPO's dynamic sampling, without
+    # re-sampling to refill the batch). Logged either way: reward/zero_var_groups.
+    filter_groups: bool = False
     # PPO
     critic_lr: float = 1e-5
     value_clip: float = 0.5
@@ -312,6 +316,8 @@ def validate(cfg: DictConfig) -> None:
            "must be none, truncate or mask")
     _check(cfg.algorithm.behaviour_weight_cap >= 1.0, "algorithm.behaviour_weight_cap",
            "must be >= 1 (a cap below 1 would down-weight on-policy tokens)")
+    _check(not cfg.algorithm.filter_groups or cfg.algorithm.name == "grpo", "algorithm.filter_groups",
+           "only applies to grpo (groups of samples of one prompt)")
     _check(cfg.trainer.staleness >= 0, "trainer.staleness", "must be >= 0")
     _check(cfg.trainer.steps >= 1, "trainer.steps", "must be >= 1")
     _check(cfg.trainer.prompts_per_step >= 1, "trainer.prompts_per_step", "must be >= 1")

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from . import checkpoint as ckpt
-from .algorithms import gae, grpo_advantages, ppo_token_rewards, reinforce_advantages
+from .algorithms import gae, group_spread, grpo_advantages, ppo_token_rewards, reinforce_advantages
 from .batch import collate
 from .config import save_config
 from .curriculum import noise_probability
@@ -305,9 +305,17 @@ class Trainer:
         stale_hist = collections.Counter(step - t["policy_version"] for t in trajs)
         # 2. rewards -> advantages (GRPO groups by the unique prompt id)
         scores = torch.tensor([t["reward"] for t in fresh], dtype=torch.float32)
-        batch = collate(fresh, self.tokenizer.pad_token_id)
+        spread = group_spread(scores, [t["prompt_id"] for t in fresh])
+        informative = {t["prompt_id"] for t, s in zip(fresh, spread) if s}
+        zero_var = 1.0 - len(informative) / max(len({t["prompt_id"] for t in fresh}), 1)
+        train = [t for t, s in zip(fresh, spread) if s] if a.filter_groups else fresh
+        if not train:  # nothing to learn from (filter_groups dropped every group): the weights stay
+            return self._finish_step(trajs, fresh, None, {"skipped": 1.0}, stale_hist, zero_var, t_gen,
+                                     time.perf_counter() - t0, 0.0)
+        scores = torch.tensor([t["reward"] for t in train], dtype=torch.float32)
+        batch = collate(train, self.tokenizer.pad_token_id)
         if a.name == "grpo":
-            batch["advantages"] = grpo_advantages(scores, [t["prompt_id"] for t in fresh], a.adv_eps)
+            batch["advantages"] = grpo_advantages(scores, [t["prompt_id"] for t in train], a.adv_eps)
         elif a.name == "reinforce":
             batch["advantages"] = reinforce_advantages(scores)
         t_reward = time.perf_counter() - t0
@@ -328,7 +336,11 @@ class Trainer:
         stats = self.policy.update(batch)
         if self.critic is not None:
             stats.update({f"critic/{k}": v for k, v in self.critic.update_critic(batch).items()})
-        t_update = time.perf_counter() - t1
+        return self._finish_step(trajs, fresh, batch, stats, stale_hist, zero_var, t_gen, t_reward,
+                                 time.perf_counter() - t1)
+
+    def _finish_step(self, trajs, fresh, batch, stats, stale_hist, zero_var, t_gen, t_reward, t_update) -> dict:
+        cfg, t0 = self.cfg, time.perf_counter()
         self.version += 1
         # 5. sync the new weights to the rollout workers
         t_sync = self.sync_weights()
@@ -336,7 +348,9 @@ class Trainer:
         self.consumed.extend(sorted({t["prompt_id"] for t in trajs}))
         # 6. log and checkpoint
         metrics = self._metrics(fresh, batch, stats, stale_hist, t_gen, t_reward, t_update, t_sync)
-        metrics["time/step"] = t_gen + (time.perf_counter() - t0)
+        metrics["reward/zero_var_groups"] = zero_var  # groups with all-equal rewards: no GRPO gradient
+        metrics["batch/trained"] = 0 if batch is None else int(batch["input_ids"].shape[0])
+        metrics["time/step"] = t_gen + t_reward + t_update + (time.perf_counter() - t0)
         if self.eval_rows and self.step % cfg.trainer.eval_every == 0:
             metrics.update(self.evaluate())
         self.tracker.log_metrics(metrics, step=self.step)
@@ -365,9 +379,8 @@ class Trainer:
 
     def _metrics(self, trajs, batch, stats, stale_hist, t_gen, t_reward, t_update, t_sync) -> dict:
         n = max(len(trajs), 1)
-        mask = batch["loss_mask"]
-        gap = ((batch["rollout_logprobs"] - batch["old_logprobs"]).abs() * mask).sum() / mask.sum().clamp(min=1)
-        gen_tokens = float(mask.sum())
+        gen_tokens = float(sum(sum(t["loss_mask"]) if t.get("loss_mask") is not None else len(t["response_ids"])
+                               for t in trajs))
         m = {
             "reward/mean": sum(t["reward"] for t in trajs) / n,
             **{f"reward/{k}": sum(t["metrics"][k] for t in trajs) / n for k in ("em", "cover_em", "f1")},
@@ -375,7 +388,6 @@ class Trainer:
             "rollout/invalid_rate": sum(t["invalid_actions"] > 0 for t in trajs) / n,
             "rollout/response_tokens": gen_tokens / n,
             "rollout/answered": sum(t["answer"] is not None for t in trajs) / n,
-            "rollout/logprob_gap": float(gap),
             "rollout/trajectories": len(trajs),
             "curriculum/noise_p": self.noise_p(self.step - 1),
             **search_call_metrics(trajs),
@@ -385,6 +397,10 @@ class Trainer:
             "throughput/gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
             "policy/version": self.version,
         }
+        if batch is not None:  # the trained tokens: |log pi_behav - log pi_prox|
+            mask = batch["loss_mask"]
+            m["rollout/logprob_gap"] = float(((batch["rollout_logprobs"] - batch["old_logprobs"]).abs() * mask).sum()
+                                             / mask.sum().clamp(min=1))
         for k, v in stale_hist.items():
             m[f"staleness/{k}"] = v
         m.update({f"actor/{k}": float(v) for k, v in stats.items()})
