@@ -6,7 +6,7 @@ import torch
 
 from zs_ray.algorithms import (actor_loss, behaviour_weights, entropy_from_logits, gae, group_spread, grpo_advantages,
                                kl_penalty, lr_factor, masked_sum_mean, policy_loss, ppo_token_rewards,
-                               reinforce_advantages, value_loss)
+                               reinforce_advantages, tied_groups, value_loss)
 
 
 # ---------------------------------------------------------------- advantages
@@ -62,6 +62,13 @@ def test_group_spread_marks_the_groups_grpo_learns_from():
     for g in set(ids):
         idx = [i for i, x in enumerate(ids) if x == g]
         assert bool(spread[idx[0]]) == bool(adv[idx].abs().sum() > 0)
+
+
+def test_tied_groups_split_ties_into_solved_failed_and_partial():
+    rewards = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.5, 0.5, 0.0, 1.0])
+    ids = ["right", "right", "wrong", "wrong", "half", "half", "mixed", "mixed"]
+    assert tied_groups(rewards, ids) == {"reward/zero_var_groups": 0.75, "reward/solved_groups": 0.25,
+                                         "reward/failed_groups": 0.25}
 
 
 def test_reinforce_is_raw_reward():

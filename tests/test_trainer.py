@@ -127,6 +127,7 @@ def test_filter_groups_trains_only_groups_whose_rewards_differ(ray_session, smal
             t["reward"] = 0.5 if t["prompt_id"] == ids[0] else float(t["sample_index"] % 2)
         m = tr.train_step(trajs, 0.0)
         assert m["batch/trained"] == 4 and m["reward/zero_var_groups"] == pytest.approx(1 / 3)
+        assert m["reward/solved_groups"] == m["reward/failed_groups"] == 0.0  # the tie is at 0.5
         assert "actor/skipped" not in m and torch.isfinite(torch.tensor(m["actor/loss"]))
 
         before = tr.policy.full_state_dict()
@@ -134,7 +135,8 @@ def test_filter_groups_trains_only_groups_whose_rewards_differ(ray_session, smal
         for t in trajs:
             t["reward"] = 0.0
         m = tr.train_step(trajs, 0.0)
-        assert m["batch/trained"] == 0 and m["reward/zero_var_groups"] == 1.0 and m["actor/skipped"] == 1.0
+        assert m["batch/trained"] == 0 and m["actor/skipped"] == 1.0
+        assert m["reward/zero_var_groups"] == m["reward/failed_groups"] == 1.0 and m["reward/solved_groups"] == 0.0
         after = tr.policy.full_state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before)  # no update, but the step and version advance
         assert m["policy/version"] == 2 and tr.step == 2

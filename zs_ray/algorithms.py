@@ -48,6 +48,19 @@ def group_spread(rewards: torch.Tensor, group_ids: list) -> torch.Tensor:
     return out
 
 
+def tied_groups(rewards: torch.Tensor, group_ids: list) -> dict:
+    """Fractions of the groups whose rewards all tie (no GRPO gradient): in all, all at 1 (solved), all at 0
+    (failed); the rest of the ties share a partial reward. Rising ties mean RL is running out of signal."""
+    spread = group_spread(rewards, group_ids)
+    first: dict = {}
+    for i, g in enumerate(group_ids):
+        first.setdefault(g, i)
+    tied = [float(rewards[i]) for i in first.values() if not spread[i]]
+    n = max(len(first), 1)
+    return {"reward/zero_var_groups": len(tied) / n, "reward/solved_groups": sum(r >= 1.0 for r in tied) / n,
+            "reward/failed_groups": sum(r <= 0.0 for r in tied) / n}
+
+
 def reinforce_advantages(rewards: torch.Tensor) -> torch.Tensor:
     """REINFORCE as in ZeroSearch: the raw reward, no baseline."""
     return rewards.float().clone()

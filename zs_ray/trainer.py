@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from . import checkpoint as ckpt
-from .algorithms import gae, group_spread, grpo_advantages, ppo_token_rewards, reinforce_advantages
+from .algorithms import gae, group_spread, grpo_advantages, ppo_token_rewards, reinforce_advantages, tied_groups
 from .batch import collate
 from .config import save_config
 from .curriculum import noise_probability
@@ -306,11 +306,10 @@ class Trainer:
         # 2. rewards -> advantages (GRPO groups by the unique prompt id)
         scores = torch.tensor([t["reward"] for t in fresh], dtype=torch.float32)
         spread = group_spread(scores, [t["prompt_id"] for t in fresh])
-        informative = {t["prompt_id"] for t, s in zip(fresh, spread) if s}
-        zero_var = 1.0 - len(informative) / max(len({t["prompt_id"] for t in fresh}), 1)
+        ties = tied_groups(scores, [t["prompt_id"] for t in fresh])
         train = [t for t, s in zip(fresh, spread) if s] if a.filter_groups else fresh
         if not train:  # nothing to learn from (filter_groups dropped every group): the weights stay
-            return self._finish_step(trajs, fresh, None, {"skipped": 1.0}, stale_hist, zero_var, t_gen,
+            return self._finish_step(trajs, fresh, None, {"skipped": 1.0}, stale_hist, ties, t_gen,
                                      time.perf_counter() - t0, 0.0)
         scores = torch.tensor([t["reward"] for t in train], dtype=torch.float32)
         batch = collate(train, self.tokenizer.pad_token_id)
@@ -336,10 +335,10 @@ class Trainer:
         stats = self.policy.update(batch)
         if self.critic is not None:
             stats.update({f"critic/{k}": v for k, v in self.critic.update_critic(batch).items()})
-        return self._finish_step(trajs, fresh, batch, stats, stale_hist, zero_var, t_gen, t_reward,
+        return self._finish_step(trajs, fresh, batch, stats, stale_hist, ties, t_gen, t_reward,
                                  time.perf_counter() - t1)
 
-    def _finish_step(self, trajs, fresh, batch, stats, stale_hist, zero_var, t_gen, t_reward, t_update) -> dict:
+    def _finish_step(self, trajs, fresh, batch, stats, stale_hist, ties, t_gen, t_reward, t_update) -> dict:
         cfg, t0 = self.cfg, time.perf_counter()
         self.version += 1
         # 5. sync the new weights to the rollout workers
@@ -348,7 +347,7 @@ class Trainer:
         self.consumed.extend(sorted({t["prompt_id"] for t in trajs}))
         # 6. log and checkpoint
         metrics = self._metrics(fresh, batch, stats, stale_hist, t_gen, t_reward, t_update, t_sync)
-        metrics["reward/zero_var_groups"] = zero_var  # groups with all-equal rewards: no GRPO gradient
+        metrics.update(ties)  # groups whose rewards all tie: no GRPO gradient
         metrics["batch/trained"] = 0 if batch is None else int(batch["input_ids"].shape[0])
         metrics["time/step"] = t_gen + t_reward + t_update + (time.perf_counter() - t0)
         if self.eval_rows and self.step % cfg.trainer.eval_every == 0:
