@@ -13,6 +13,14 @@ from collections import defaultdict
 import torch
 
 
+def _group_indices(group_ids: list) -> list[list[int]]:
+    """Sample indices per group, groups in order of first appearance."""
+    groups: dict = defaultdict(list)
+    for i, g in enumerate(group_ids):
+        groups[g].append(i)
+    return list(groups.values())
+
+
 def grpo_advantages(rewards: torch.Tensor, group_ids: list, eps: float = 1e-6) -> torch.Tensor:
     """(r - mean) / (std + eps) within each group of samples of one prompt (unbiased std, as torch.std).
 
@@ -20,10 +28,7 @@ def grpo_advantages(rewards: torch.Tensor, group_ids: list, eps: float = 1e-6) -
     """
     rewards = rewards.float()
     adv = torch.zeros_like(rewards)
-    groups: dict = defaultdict(list)
-    for i, g in enumerate(group_ids):
-        groups[g].append(i)
-    for idx in groups.values():
+    for idx in _group_indices(group_ids):
         r = rewards[idx].double()  # float64: float32 rounding of the mean is not zero-noise
         if len(idx) < 2 or bool((r == r[0]).all()):  # all equal: exactly 0, not rounding noise / eps
             continue
@@ -38,25 +43,19 @@ def group_spread(rewards: torch.Tensor, group_ids: list) -> torch.Tensor:
     advantage 0 for every sample: it adds no policy gradient, only KL and entropy terms and tokens to the
     token-mean's denominator. DAPO (Yu et al. 2025) drops such groups ("dynamic sampling").
     """
-    groups: dict = defaultdict(list)
-    for i, g in enumerate(group_ids):
-        groups[g].append(i)
     out = torch.zeros(len(group_ids), dtype=torch.bool)
-    for idx in groups.values():
+    for idx in _group_indices(group_ids):
         r = rewards[idx]
         out[idx] = len(idx) > 1 and not bool((r == r[0]).all())
     return out
 
 
-def tied_groups(rewards: torch.Tensor, group_ids: list) -> dict:
-    """Fractions of the groups whose rewards all tie (no GRPO gradient): in all, all at 1 (solved), all at 0
-    (failed); the rest of the ties share a partial reward. Rising ties mean RL is running out of signal."""
-    spread = group_spread(rewards, group_ids)
-    first: dict = {}
-    for i, g in enumerate(group_ids):
-        first.setdefault(g, i)
-    tied = [float(rewards[i]) for i in first.values() if not spread[i]]
-    n = max(len(first), 1)
+def tied_groups(rewards: torch.Tensor, group_ids: list, spread: torch.Tensor) -> dict:
+    """Fractions of the groups whose rewards all tie (`spread`, from group_spread, is False; no GRPO gradient): in
+    all, all at 1 (solved), all at 0 (failed); the rest share a partial reward. Rising ties: RL runs out of signal."""
+    firsts = [idx[0] for idx in _group_indices(group_ids)]
+    tied = [float(rewards[i]) for i in firsts if not spread[i]]
+    n = max(len(firsts), 1)
     return {"reward/zero_var_groups": len(tied) / n, "reward/solved_groups": sum(r >= 1.0 for r in tied) / n,
             "reward/failed_groups": sum(r <= 0.0 for r in tied) / n}
 

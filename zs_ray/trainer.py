@@ -305,16 +305,17 @@ class Trainer:
         stale_hist = collections.Counter(step - t["policy_version"] for t in trajs)
         # 2. rewards -> advantages (GRPO groups by the unique prompt id)
         scores = torch.tensor([t["reward"] for t in fresh], dtype=torch.float32)
-        spread = group_spread(scores, [t["prompt_id"] for t in fresh])
-        ties = tied_groups(scores, [t["prompt_id"] for t in fresh])
-        train = [t for t, s in zip(fresh, spread) if s] if a.filter_groups else fresh
+        ids = [t["prompt_id"] for t in fresh]
+        spread = group_spread(scores, ids)
+        ties = tied_groups(scores, ids, spread)
+        keep = spread if a.filter_groups else torch.ones_like(spread)  # filter: the groups whose rewards differ
+        train, ids, scores = [t for t, k in zip(fresh, keep) if k], [i for i, k in zip(ids, keep) if k], scores[keep]
         if not train:  # nothing to learn from (filter_groups dropped every group): the weights stay
             return self._finish_step(trajs, fresh, None, {"skipped": 1.0}, stale_hist, ties, t_gen,
                                      time.perf_counter() - t0, 0.0)
-        scores = torch.tensor([t["reward"] for t in train], dtype=torch.float32)
         batch = collate(train, self.tokenizer.pad_token_id)
         if a.name == "grpo":
-            batch["advantages"] = grpo_advantages(scores, [t["prompt_id"] for t in train], a.adv_eps)
+            batch["advantages"] = grpo_advantages(scores, ids, a.adv_eps)
         elif a.name == "reinforce":
             batch["advantages"] = reinforce_advantages(scores)
         t_reward = time.perf_counter() - t0
