@@ -67,8 +67,8 @@ def test_group_spread_marks_the_groups_grpo_learns_from():
 def test_tied_groups_split_ties_into_solved_failed_and_partial():
     rewards = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.5, 0.5, 0.0, 1.0])
     ids = ["right", "right", "wrong", "wrong", "half", "half", "mixed", "mixed"]
-    assert tied_groups(rewards, ids, group_spread(rewards, ids)) == {"reward/zero_var_groups": 0.75, "reward/solved_groups": 0.25,
-                                         "reward/failed_groups": 0.25}
+    assert tied_groups(rewards, ids, group_spread(rewards, ids)) == {
+        "reward/zero_var_groups": 0.75, "reward/solved_groups": 0.25, "reward/failed_groups": 0.25}
 
 
 def test_reinforce_is_raw_reward():

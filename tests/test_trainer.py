@@ -123,7 +123,7 @@ def test_filter_groups_trains_only_groups_whose_rewards_differ(ray_session, smal
         trajs = ray_session.get(tr._launch(tr.step)[1][0])
         ids = sorted({t["prompt_id"] for t in trajs})
         assert len(ids) == 3 and len(trajs) == 6
-        for i, t in enumerate(trajs):  # the first prompt's samples tie; the others' differ
+        for t in trajs:  # the first prompt's samples tie; the others' differ
             t["reward"] = 0.5 if t["prompt_id"] == ids[0] else float(t["sample_index"] % 2)
         m = tr.train_step(trajs, 0.0)
         assert m["batch/trained"] == 4 and m["reward/zero_var_groups"] == pytest.approx(1 / 3)
