@@ -4,8 +4,7 @@ One `PolicyWorker` per rank; the ranks of a group form one torch.distributed pro
 on CPU, nccl on GPU) and shard the model with FSDP2 (`fully_shard`: each decoder layer, then the
 root). FSDP1 is not used: on CPU it needs an accelerator or segfaults gathering state dicts.
 
-`WorkerGroup` is the driver-side handle: it splits a batch across ranks (equal micro-batch counts
-on every rank, because every forward/backward is a collective) and gathers the results.
+The driver-side handle, `WorkerGroup`, is in actors/worker_group.py.
 Losses come from zs_ray.algorithms; batch tensors follow zs_ray.batch's alignment convention.
 """
 from __future__ import annotations
@@ -23,9 +22,9 @@ import ray
 import torch
 import torch.distributed as dist
 
-from zs_ray.algorithms import actor_loss, behaviour_weights, entropy_from_logits, lr_factor, value_loss
-from zs_ray.batch import merge_rank_outputs, micro_batches, pad_columns, split_for_ranks, trim_padding
-from zs_ray.runtime import LOOPBACK, actor_env
+from zs_ray.algorithms import actor_microbatch_loss, lr_factor, token_entropy, token_logprobs, value_loss
+from zs_ray.batch import micro_batches, pad_columns, trim_padding
+from zs_ray.runtime import LOOPBACK
 from zs_ray.weight_sync import NcclGroup, broadcast_state, pack_meta
 
 ROLES = ("actor", "ref", "critic")
@@ -35,53 +34,6 @@ _ALGO_DEFAULTS = dict(clip=0.2, kl_estimator="k3", kl_coef=0.001, entropy_coef=0
                       behaviour_correction="none", behaviour_weight_cap=2.0)
 _MODEL_DEFAULTS = dict(dtype="float32", attn_implementation="sdpa", trust_remote_code=False,
                        gradient_checkpointing=False)
-
-
-# ---------------------------------------------------------------- pure per-micro-batch maths
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """[B, T]: position t holds log p(x_t | x_<t) (from logits at t-1); position 0 holds 0."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    lp = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    return torch.nn.functional.pad(lp, (1, 0))
-
-
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """[B, T]: entropy of the distribution token t was sampled from; position 0 holds 0."""
-    return torch.nn.functional.pad(entropy_from_logits(logits[:, :-1]), (1, 0))
-
-
-def actor_microbatch_loss(logits: torch.Tensor, mb: dict, n_tokens: int, algo: dict):
-    """The actor loss of one micro-batch (PPO clip + k3/k1 KL to ref, added + entropy bonus).
-
-    Every term is `(x * loss_mask).sum() / n_tokens`, so masked tokens get exactly zero gradient
-    and the sum over micro-batches and ranks is the token-mean over the whole batch.
-    `old_logprobs` (the proximal policy) defaults to the detached current log-probs (exactly on-policy: ratio
-    1). With algo.behaviour_correction set, `rollout_logprobs` (the behaviour policy) weight each token.
-    `algo` is the worker's, with every key of _ALGO_DEFAULTS.
-    """
-    logp = token_logprobs(logits, mb["input_ids"])
-    ent = token_entropy(logits) if algo["entropy_coef"] else None
-    old = mb.get("old_logprobs", logp.detach())
-    ref = mb.get("ref_logprobs") if algo["kl_coef"] else None
-    share = mb["loss_mask"].sum() / max(n_tokens, 1)  # this micro-batch's share of the global tokens
-    w = None
-    if algo["behaviour_correction"] != "none":
-        if "rollout_logprobs" not in mb:
-            raise ValueError("algorithm.behaviour_correction needs the batch's rollout_logprobs (the engine's)")
-        w, over = behaviour_weights(old, mb["rollout_logprobs"], mb["loss_mask"],
-                                    float(algo["behaviour_weight_cap"]), algo["behaviour_correction"])
-    loss, stats = actor_loss(logp, old, ref, mb["advantages"], mb["loss_mask"], n_tokens, ent,
-                             clip=algo["clip"], kl_coef=algo["kl_coef"], kl_estimator=algo["kl_estimator"],
-                             entropy_coef=algo["entropy_coef"], weights=w)
-    if w is not None:  # global token-means once summed over micro-batches and ranks
-        stats["behav_weight"] = w.sum() / max(n_tokens, 1)
-        stats["behav_over_cap"] = over * share
-    if ent is None:  # for the stats only
-        with torch.no_grad():
-            stats["entropy"] = (token_entropy(logits) * mb["loss_mask"]).sum() / max(n_tokens, 1)
-    stats["clip_frac"] = stats["clip_frac"] * share  # -> a global mean
-    stats["loss"] = loss.detach()
-    return loss, stats
 
 
 class Critic(torch.nn.Module):
@@ -412,113 +364,8 @@ def _copy_generation_config(lm, model_path):
         pass
 
 
-# ---------------------------------------------------------------- driver-side handle
 def free_port(host: str = LOOPBACK) -> int:
+    """A free TCP port on `host` (node_info's rendezvous port; WorkerGroup's on one node)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-class WorkerGroup:
-    """N PolicyWorker ranks of one role, used from the driver like a single model."""
-
-    def __init__(self, n_workers: int, model_path: str, algo_cfg: dict, model_cfg: dict, role: str = "actor",
-                 resources: Optional[dict] = None, device: str = "cpu", seed: int = 0, placement_group=None,
-                 threads: int = 1, setup_timeout_s: float = 180.0, call_timeout_s: Optional[float] = None,
-                 ref_path: Optional[str] = None):
-        resources = resources or {}
-        self.n, self.role, self.model_path = int(n_workers), role, model_path
-        self.call_timeout_s = call_timeout_s
-        opts: dict = {"num_cpus": float(resources.get("cpus", resources.get("num_cpus", 0.5))),
-                      "num_gpus": float(resources.get("gpus", resources.get("num_gpus", 0.0))),
-                      "runtime_env": {"env_vars": actor_env(threads)}}
-        self.workers, self.port = [], None
-        for rank in range(self.n):
-            o = dict(opts)
-            if placement_group is not None:
-                from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-                o["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                    placement_group=placement_group, placement_group_bundle_index=rank)
-            self.workers.append(PolicyWorker.options(**o).remote(
-                rank, self.n, LOOPBACK, 0, model_path, dict(algo_cfg or {}), dict(model_cfg or {}), role,
-                device, threads, seed, ref_path))
-        try:
-            # Rendezvous at rank 0's node: loopback when all ranks share one node, else its IP.
-            nodes = ray.get([w.node_info.remote() for w in self.workers], timeout=setup_timeout_s)
-            one_node = len({n["node_id"] for n in nodes}) == 1
-            self.master_addr = LOOPBACK if one_node else nodes[0]["ip"]
-            self.port = free_port() if one_node else nodes[0]["port"]
-            self.setup_info = ray.get([w.setup.remote(self.master_addr, self.port) for w in self.workers],
-                                      timeout=setup_timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            self.shutdown()
-            raise RuntimeError(
-                f"WorkerGroup({role}, n={self.n}): setup did not finish in {setup_timeout_s:.0f}s. Usual causes: "
-                f"the cluster lacks {opts['num_cpus']} CPUs / {opts['num_gpus']} GPUs per worker, so some "
-                f"ranks never start (the others then wait in init_process_group on port {self.port}), or "
-                f"the model at {model_path} is slow to load") from None
-        self.micro_batch_size = int((algo_cfg or {}).get("micro_batch_size") or _ALGO_DEFAULTS["micro_batch_size"])
-
-    def _all(self, method: str, *args):
-        return ray.get([getattr(w, method).remote(*args) for w in self.workers], timeout=self.call_timeout_s)
-
-    def _per_rank(self, method: str, batch: dict, *args):
-        shards, tokens = split_for_ranks(batch, self.n)
-        outs = ray.get([getattr(w, method).remote(s, *args) for w, s in zip(self.workers, shards)],
-                       timeout=self.call_timeout_s)
-        return shards, tokens, outs
-
-    def compute_logprobs(self, batch: dict, with_entropy: bool = False, reference: bool = False):
-        """[B, T] log-probs in the batch's row order (a dict with `entropy` too if with_entropy);
-        reference=True: of the frozen reference colocated in these workers (WorkerGroup(ref_path=...))."""
-        B = batch["input_ids"].shape[0]
-        shards, _, outs = self._per_rank("compute_logprobs", batch, with_entropy, reference)
-        lp = merge_rank_outputs([o["logprobs"] for o in outs], shards, B)
-        if not with_entropy:
-            return lp
-        return {"logprobs": lp, "entropy": merge_rank_outputs([o["entropy"] for o in outs], shards, B)}
-
-    def compute_values(self, batch: dict) -> torch.Tensor:
-        shards, _, outs = self._per_rank("compute_values", batch)
-        return merge_rank_outputs([o["values"] for o in outs], shards, batch["input_ids"].shape[0])
-
-    def update(self, batch: dict) -> dict:
-        shards, tokens = split_for_ranks(batch, self.n)
-        stats = ray.get([w.update.remote(s, tokens) for w, s in zip(self.workers, shards)], timeout=self.call_timeout_s)
-        return stats[0]
-
-    def update_critic(self, batch: dict) -> dict:
-        shards, tokens = split_for_ranks(batch, self.n)
-        stats = ray.get([w.update_critic.remote(s, tokens) for w, s in zip(self.workers, shards)],
-                        timeout=self.call_timeout_s)
-        return stats[0]
-
-    def state_dict_ref(self) -> "ray.ObjectRef":
-        """ObjectRef of rank 0's full state dict (pass it to rollout workers via the object store)."""
-        refs = [w.full_state_dict.remote() for w in self.workers]  # all ranks join the gather
-        return refs[0]
-
-    def full_state_dict(self) -> dict:
-        return ray.get(self.state_dict_ref(), timeout=self.call_timeout_s)
-
-    def save_checkpoint(self, path: str) -> str:
-        self._all("save_checkpoint", os.path.abspath(path))
-        return path
-
-    def load_checkpoint(self, path: str) -> dict:
-        return self._all("load_checkpoint", os.path.abspath(path))[0]
-
-    def export_hf(self, path: str, tokenizer_src: Optional[str] = None) -> str:
-        self._all("export_hf", os.path.abspath(path), tokenizer_src or self.model_path)
-        return path
-
-    def shutdown(self) -> None:
-        try:
-            ray.get([w.shutdown.remote() for w in self.workers], timeout=30)
-        except Exception:
-            pass
-        for w in self.workers:
-            ray.kill(w)
-        self.workers = []
-
-

@@ -1,5 +1,5 @@
 """Smoke test of the bench's table / markdown code on fake numbers and of its CLI parsing (no timing)."""
-from zs_ray.bench import Row, markdown, paired, table, write_section
+from zs_ray.bench_report import Row, markdown, paired, table, write_section
 
 
 def test_rows_table_and_markdown_on_fake_numbers(tmp_path):

@@ -56,7 +56,7 @@ def child(tmp: str) -> dict:
     import ray
     from ray.cluster_utils import Cluster
 
-    import actors.policy_worker as pw
+    import actors.worker_group as wg
     import actors.rollout_worker as rw
     from zs_ray import trainer as trainer_mod
     from zs_ray.config import load_config
@@ -88,7 +88,7 @@ def child(tmp: str) -> dict:
         if not wired:
             placement = plan(cfg)
             res["bundle_nodes"] = placement.bundle_nodes()
-            OrigGroup, OrigRollout = pw.WorkerGroup, rw.RolloutWorker
+            OrigGroup, OrigRollout = wg.WorkerGroup, rw.RolloutWorker
 
             class PlacedGroup(OrigGroup):
                 def __init__(self, n, path, algo, model, role="actor", *rest, **kw):
@@ -104,7 +104,7 @@ def child(tmp: str) -> dict:
                             return OrigRollout.options(**placement.rollout_options(args[3])).remote(*args, **kwargs)
                     return _R
 
-            pw.WorkerGroup, rw.RolloutWorker = PlacedGroup, PlacedRollout
+            wg.WorkerGroup, rw.RolloutWorker = PlacedGroup, PlacedRollout
 
         state = {"removed_at": None}
 

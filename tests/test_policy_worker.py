@@ -54,7 +54,7 @@ def hf_ref(tiny_assets):
 
 @pytest.fixture(scope="module")
 def groups(ray_session, tiny_assets, tmp_path_factory):
-    from actors.policy_worker import WorkerGroup
+    from actors.worker_group import WorkerGroup
 
     t0 = time.time()
     # g2 also holds the frozen KL reference in its own processes (the trainer's default, colocate_reference)
@@ -75,7 +75,7 @@ def vocab(hf_ref):
 
 
 def test_logprobs_match_single_process_hf(groups, hf_ref, vocab):
-    from actors.policy_worker import token_entropy, token_logprobs
+    from zs_ray.algorithms import token_entropy, token_logprobs
 
     groups["g2"].load_checkpoint(groups["init"])
     b = make_batch(vocab, n=5)
@@ -158,7 +158,8 @@ def test_colocated_reference_stays_frozen_while_the_policy_trains(groups, vocab)
 
 def test_masked_tokens_get_exactly_zero_gradient_in_the_loss(hf_ref, vocab):
     """The worker's own loss code path: d loss / d logits is exactly 0 wherever the target token is masked."""
-    from actors.policy_worker import _ALGO_DEFAULTS, actor_microbatch_loss
+    from actors.policy_worker import _ALGO_DEFAULTS
+    from zs_ray.algorithms import actor_microbatch_loss
 
     b = make_batch(vocab, n=3, seed=3)
     g = torch.Generator().manual_seed(0)
@@ -178,7 +179,8 @@ def test_masked_tokens_get_exactly_zero_gradient_in_the_loss(hf_ref, vocab):
 
 def test_behaviour_correction_in_the_worker_loss(hf_ref, vocab):
     """algorithm.behaviour_correction: on-policy samples change nothing; stale ones are weighted, masked stay 0."""
-    from actors.policy_worker import _ALGO_DEFAULTS, actor_microbatch_loss, token_logprobs
+    from actors.policy_worker import _ALGO_DEFAULTS
+    from zs_ray.algorithms import actor_microbatch_loss, token_logprobs
 
     b = make_batch(vocab, n=3, seed=6)
     n = int(b["loss_mask"].sum())
@@ -230,7 +232,7 @@ def test_masked_positions_do_not_change_the_update(groups, vocab):
 
 
 def test_ppo_critic_and_reinforce_updates_are_finite(ray_session, groups, tiny_assets, vocab):
-    from actors.policy_worker import WorkerGroup
+    from actors.worker_group import WorkerGroup
 
     g2 = groups["g2"]
     g2.load_checkpoint(groups["init"])
@@ -285,7 +287,7 @@ def test_checkpoint_restores_exact_training_state(groups, vocab, tmp_path):
 def test_full_state_dict_and_export_load_into_transformers(groups, tiny_assets, hf_ref, vocab, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    from actors.policy_worker import token_logprobs
+    from zs_ray.algorithms import token_logprobs
 
     g2 = groups["g2"]
     g2.load_checkpoint(groups["init"])

@@ -167,6 +167,52 @@ def actor_loss(logp, old_logp, ref_logp, advantages, mask, n_tokens, entropy=Non
     return loss, stats
 
 
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T]: position t holds log p(x_t | x_<t) (from logits at t-1); position 0 holds 0."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    lp = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return torch.nn.functional.pad(lp, (1, 0))
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """[B, T]: entropy of the distribution token t was sampled from; position 0 holds 0."""
+    return torch.nn.functional.pad(entropy_from_logits(logits[:, :-1]), (1, 0))
+
+
+def actor_microbatch_loss(logits: torch.Tensor, mb: dict, n_tokens: int, algo: dict):
+    """The actor loss of one micro-batch (PPO clip + k3/k1 KL to ref, added + entropy bonus).
+
+    Every term is `(x * loss_mask).sum() / n_tokens`, so masked tokens get exactly zero gradient
+    and the sum over micro-batches and ranks is the token-mean over the whole batch.
+    `old_logprobs` (the proximal policy) defaults to the detached current log-probs (exactly on-policy: ratio
+    1). With algo.behaviour_correction set, `rollout_logprobs` (the behaviour policy) weight each token.
+    `algo` is the worker's algorithm dict, with every key of actors.policy_worker._ALGO_DEFAULTS.
+    """
+    logp = token_logprobs(logits, mb["input_ids"])
+    ent = token_entropy(logits) if algo["entropy_coef"] else None
+    old = mb.get("old_logprobs", logp.detach())
+    ref = mb.get("ref_logprobs") if algo["kl_coef"] else None
+    share = mb["loss_mask"].sum() / max(n_tokens, 1)  # this micro-batch's share of the global tokens
+    w = None
+    if algo["behaviour_correction"] != "none":
+        if "rollout_logprobs" not in mb:
+            raise ValueError("algorithm.behaviour_correction needs the batch's rollout_logprobs (the engine's)")
+        w, over = behaviour_weights(old, mb["rollout_logprobs"], mb["loss_mask"],
+                                    float(algo["behaviour_weight_cap"]), algo["behaviour_correction"])
+    loss, stats = actor_loss(logp, old, ref, mb["advantages"], mb["loss_mask"], n_tokens, ent,
+                             clip=algo["clip"], kl_coef=algo["kl_coef"], kl_estimator=algo["kl_estimator"],
+                             entropy_coef=algo["entropy_coef"], weights=w)
+    if w is not None:  # global token-means once summed over micro-batches and ranks
+        stats["behav_weight"] = w.sum() / max(n_tokens, 1)
+        stats["behav_over_cap"] = over * share
+    if ent is None:  # for the stats only
+        with torch.no_grad():
+            stats["entropy"] = (token_entropy(logits) * mb["loss_mask"]).sum() / max(n_tokens, 1)
+    stats["clip_frac"] = stats["clip_frac"] * share  # -> a global mean
+    stats["loss"] = loss.detach()
+    return loss, stats
+
+
 def ppo_token_rewards(scores: torch.Tensor, logp, ref_logp, mask, beta: float = 0.001,
                       kind: str = "k1") -> torch.Tensor:
     """PPO's KL-in-reward: -beta * KL on every policy token, the score on the last policy token."""

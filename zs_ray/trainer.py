@@ -39,7 +39,7 @@ class Trainer:
     def __init__(self, cfg, progress=print):
         import ray
 
-        from actors.policy_worker import WorkerGroup
+        from actors.worker_group import WorkerGroup
         from actors.rollout_worker import RolloutWorker
 
         from .runtime import init_ray
