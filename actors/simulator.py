@@ -1,6 +1,8 @@
 """The search simulator as a Ray Serve deployment: a frozen LLM on a vLLM engine (DESIGN.md §3).
 
-- `simulate(query, question, answer, noisy, k, mode)` is what rollout workers call by handle.
+- `simulate(query, question, answer, noisy, k, mode, confidence)` is what rollout workers call by
+  handle; `confidence=True` adds the documents' mean token log-prob (the hybrid backend's signal),
+  which costs the tiny CPU simulator a third of its rate, so it is off unless asked for.
 - `/v1/chat/completions`, `/v1/completions`, `/v1/models` make the same replica an
   OpenAI-compatible server (for external tools, and the `http` search backend).
 Every request, from either path, is one request to the replica's `zs_ray.engine.VLLMEngine`, which
@@ -85,14 +87,14 @@ class SimulatorServer:
 
     async def _generate(self, ids: list[int], params: dict) -> dict:
         """`n` samples of one prompt; each is its own engine request, batched with everything in flight."""
-        n, seed, stop = params["n"], params["seed"], params["stop"]
+        n, seed, stop, want_lp = params["n"], params["seed"], params["stop"], params["logprobs"]
         self.requests += 1
         self.in_flight += n
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             gens = await asyncio.gather(*[self.engine.generate(
                 ids, max_tokens=params["max_tokens"], temperature=params["temperature"], top_p=params["top_p"],
-                stop=stop, seed=None if seed is None else int(seed) + i) for i in range(n)])
+                stop=stop, seed=None if seed is None else int(seed) + i, logprobs=want_lp) for i in range(n)])
         finally:
             self.in_flight -= n
         choices = []
@@ -100,12 +102,12 @@ class SimulatorServer:
             text = self.tokenizer.decode(g.token_ids, skip_special_tokens=True)
             if g.stop_str and text.endswith(g.stop_str):  # vLLM's default: the stop string is not returned
                 text = text[: -len(g.stop_str)]
-            choices.append(dict(text=text, token_ids=list(g.token_ids), logprobs=list(g.logprobs),
+            choices.append(dict(text=text, token_ids=list(g.token_ids), logprobs=g.logprobs,
                                 finish_reason="length" if g.finish_reason == "length" else "stop"))
         return dict(choices=choices, prompt_tokens=len(ids))
 
     def _params(self, n_prompt: int, temperature=None, top_p=None, max_tokens=None, n=1, stop=None,
-                seed=None) -> dict:
+                seed=None, logprobs=False) -> dict:
         room = int(self.cfg["max_model_len"]) - n_prompt
         if room < 1:
             raise ValueError(f"prompt of {n_prompt} tokens leaves no room under max_model_len="
@@ -113,23 +115,25 @@ class SimulatorServer:
         mt = int(max_tokens if max_tokens is not None else self.cfg["max_tokens"])
         return dict(temperature=float(self.cfg["temperature"] if temperature is None else temperature),
                     top_p=float(self.cfg["top_p"] if top_p is None else top_p),
-                    max_tokens=max(1, min(mt, room)), n=int(n), stop=list(stop or []), seed=seed)
+                    max_tokens=max(1, min(mt, room)), n=int(n), stop=list(stop or []), seed=seed,
+                    logprobs=bool(logprobs))
 
     # ------------------------------------------------------------- simulator API -------------------
 
     async def simulate(self, query: str, question: str, answer: str, noisy: bool, k: int = 5,
-                       mode: str = "simulate_sft") -> dict:
+                       mode: str = "simulate_sft", confidence: bool = False) -> dict:
         query = str(query)[: int(self.cfg["max_query_chars"])]
         text = simulator_prompt(mode, query, question, answer, noisy=bool(noisy), k=int(k))
         ids = self._encode(messages=[{"role": "user", "content": text}])
         # the documents after the k-th are cut anyway: do not write them
-        params = self._params(len(ids), stop=[f"Doc {int(k) + 1}:"])
+        params = self._params(len(ids), stop=[f"Doc {int(k) + 1}:"], logprobs=confidence)
         c = (await self._generate(ids, params))["choices"][0]
         parsed = parse_documents(c["text"], int(k))
-        kept = len(cut_at_next_doc(c["text"], int(k)))
-        return dict(docs=parsed.docs, mean_logprob=_mean_logprob_of_kept(self.tokenizer, c["token_ids"],
-                                                                         c["logprobs"], kept),
-                    dropped_chars=parsed.dropped_chars, noisy=bool(noisy))
+        mean_lp = None
+        if confidence:
+            kept = len(cut_at_next_doc(c["text"], int(k)))
+            mean_lp = _mean_logprob_of_kept(self.tokenizer, c["token_ids"], c["logprobs"], kept)
+        return dict(docs=parsed.docs, mean_logprob=mean_lp, dropped_chars=parsed.dropped_chars, noisy=bool(noisy))
 
     def stats(self) -> dict:
         """requests served; max_in_flight: the most engine requests running at once (the largest batch)."""
@@ -149,7 +153,9 @@ class SimulatorServer:
         try:
             params = self._params(len(ids), body.get("temperature"), body.get("top_p"),
                                   body.get("max_tokens") or body.get("max_completion_tokens"),
-                                  body.get("n") or 1, [stop] if isinstance(stop, str) else stop, body.get("seed"))
+                                  body.get("n") or 1, [stop] if isinstance(stop, str) else stop, body.get("seed"),
+                                  # chat: logprobs true/false; completions: an int, 0 included
+                                  logprobs=body.get("logprobs") is not None and body.get("logprobs") is not False)
         except ValueError as e:
             raise HTTPException(400, str(e))
         return await self._generate(ids, params)

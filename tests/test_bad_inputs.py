@@ -132,7 +132,7 @@ class _RawTextHandle:
     def __init__(self, text):
         self.text, self.queries, self.simulate = text, [], self
 
-    def remote(self, query, question, answer, noisy, k, mode):
+    def remote(self, query, question, answer, noisy, k, mode, confidence=False):
         from zs_ray.simulator_prompts import parse_documents
 
         self.queries.append(query)

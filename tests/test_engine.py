@@ -57,6 +57,17 @@ def test_vllm_and_hf_same_greedy_tokens(engines):
     assert len(set(a[0].token_ids)) > 3  # not a degenerate repeat
 
 
+def test_logprobs_off_same_tokens_none_returned(engines):
+    """logprobs=False (what the simulator asks by default) changes what is returned, not what is sampled."""
+    vl, hf = engines
+    ids = [vl.tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS]
+    for e in (vl, hf):
+        on = gen_all(e, ids, max_tokens=16, temperature=0.0)
+        off = gen_all(e, ids, max_tokens=16, temperature=0.0, logprobs=False)
+        assert [x.token_ids for x in off] == [x.token_ids for x in on]
+        assert all(x.logprobs is None for x in off) and all(len(x.logprobs) == len(x.token_ids) for x in on)
+
+
 def test_stop_string_kept_and_tokens_untouched(engines):
     vl, hf = engines
     ids = vl.tokenizer.encode(PROMPTS[0], add_special_tokens=False)

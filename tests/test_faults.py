@@ -100,7 +100,7 @@ def _sim_deployment():
                 except FileExistsError:
                     pass
 
-        def simulate(self, query, question, answer, noisy, k=5, mode="simulate_sft"):
+        def simulate(self, query, question, answer, noisy, k=5, mode="simulate_sft", confidence=False):
             time.sleep(15 if self.hang else self.busy_s)  # a sync sleep: a hung request cannot be cancelled
             return {"docs": [f"{answer} is the answer to {query} (replica {self.pid})"][:k], "mean_logprob": -0.5,
                     "dropped_chars": 0, "noisy": bool(noisy)}

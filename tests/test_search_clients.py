@@ -101,7 +101,8 @@ def test_hybrid_threshold_forces_or_never_falls_back():
         async def search(self, query, question, golden_answers, step=0, call_key=""):
             return SearchResult(docs=["real doc"], backend=self.name)
 
-    sim = lambda: SimulatorSearch(_FakeHandle(), topk=1)  # noqa: E731  mean_logprob = -1.0, always useful
+    # mean_logprob = -1.0 when asked for (HybridSearch asks: `never` falls back otherwise), else None
+    sim = lambda: SimulatorSearch(_FakeHandle(), topk=1)  # noqa: E731
     always = HybridSearch(sim(), Real(), threshold=0.0)
     never = HybridSearch(sim(), Real(), threshold=-5.0)
     a = asyncio.run(always.search("q", "Q", ["a"]))
@@ -148,10 +149,13 @@ def test_openai_client_against_deployment_route(simulator_deployment):
     land = q["question"].split()[-1][:-1]
 
     s = OpenAISimulatorSearch([good + "/v1"], model_name=None, mode="simulate_sft", topk=K, timeout_s=60,
-                              temperature=0.8, max_tokens=80)
+                              temperature=0.8, max_tokens=80, confidence=True)
     r = asyncio.run(s.search(f"capital {land}", q["question"], q["golden_answers"]))
     assert not r.failed and 1 <= len(r.docs) <= K and r.mean_logprob is not None and r.mean_logprob <= 0
     assert s.model_name == "tiny-sim"  # discovered from /v1/models
+    s.confidence = False  # the default: the route is asked for no log-probs
+    r = asyncio.run(s.search(f"capital {land}", q["question"], q["golden_answers"]))
+    assert not r.failed and r.docs and r.mean_logprob is None
 
     # retry then success: the first URL in the rotation is down, the retry goes to the next one
     s = OpenAISimulatorSearch([_dead_url(), good], model_name="tiny-sim", mode="simulate_sft", topk=K,

