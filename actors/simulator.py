@@ -2,7 +2,7 @@
 
 - `simulate(query, question, answer, noisy, k, mode, confidence)` is what rollout workers call by
   handle; `confidence=True` adds the documents' mean token log-prob (the hybrid backend's signal),
-  which costs the tiny CPU simulator a third of its rate, so it is off unless asked for.
+  which cost the tiny CPU simulator 10-15 % of its documents/s (BENCHMARKS.md), so it is off unless asked for.
 - `/v1/chat/completions`, `/v1/completions`, `/v1/models` make the same replica an
   OpenAI-compatible server (for external tools, and the `http` search backend).
 Every request, from either path, is one request to the replica's `zs_ray.engine.VLLMEngine`, which
