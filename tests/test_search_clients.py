@@ -139,6 +139,70 @@ def test_factory_builds_every_backend(tmp_path):
         make_search_backend({**base, "backend": "google"})
 
 
+class _CountingHandle(_FakeHandle):
+    """A fake handle that counts calls, answers slowly (so calls overlap) and can fail its first call."""
+
+    def __init__(self, fail_first=False):
+        super().__init__()
+        self.calls, self.fail_first = 0, fail_first
+
+    def remote(self, query, question, answer, noisy, k, mode, confidence=False):
+        self.calls += 1
+        first = self.calls == 1
+
+        async def go():
+            await asyncio.sleep(0.05)
+            if first and self.fail_first:
+                raise ConnectionError("replica died")
+            return await super(_CountingHandle, self).remote(query, question, answer, noisy, k, mode, confidence)
+        return go()
+
+
+def test_share_identical_one_generation_per_query_coin_and_step():
+    cur = dict(start=0.5, end=0.5, total_steps=10, enabled=False)  # p = 0.5: both coins occur among 40 keys
+
+    async def step_calls(s, step, query="capital X"):
+        return await asyncio.gather(*[s.search(query, "Q?", ["a"], step=step, call_key=str(i)) for i in range(40)])
+    h = _CountingHandle()
+    s = SimulatorSearch(h, topk=2, curriculum=cur, share_identical=True)
+    res = asyncio.run(step_calls(s, 0))
+    assert {r.noisy for r in res} == {True, False} and h.calls == 2  # one generation per coin value
+    assert s.metrics()["search/simulator/shared_frac"] == 38 / 40
+    assert all(r.docs == (["noisy capital X"] * 2 if r.noisy else ["a capital X"] * 2) for r in res)
+    async def steps_in_one_loop(*steps):
+        for st, q in steps:
+            await step_calls(s, st, q)
+        return set(s._shared)
+    # a new step writes again, a new query too; steps older than step-1 are dropped
+    assert asyncio.run(steps_in_one_loop((1, "capital X"), (1, "capital Y"), (2, "capital X"))) == {1, 2}
+    assert h.calls == 8 and asyncio.run(steps_in_one_loop((5, "capital X"))) == {5}
+    h = _CountingHandle()  # off (the reference's way): every call is its own generation
+    asyncio.run(step_calls(SimulatorSearch(h, topk=2, curriculum=cur), 0))
+    assert h.calls == 40
+
+
+def test_group_coin_one_per_prompt_and_turn():
+    def coins(coin):
+        s = SimulatorSearch(_FakeHandle(), curriculum=dict(start=0.5, end=0.5, total_steps=10, enabled=False, coin=coin))
+        return {(p, t): [s.curriculum.noisy(3, f"pid/{p}/{i}/{t}") for i in range(5)] for p in range(20) for t in range(2)}
+    group, call = coins("group"), coins("call")
+    assert all(len(set(v)) == 1 for v in group.values())  # the group's samples share the coin
+    assert {v[0] for v in group.values()} == {True, False}  # which still varies over prompts and turns
+    assert any(len(set(v)) == 2 for v in call.values())  # the paper's: one coin per call
+    with pytest.raises(ValueError, match="curriculum.coin"):
+        coins("sample")
+
+
+def test_share_identical_failure_is_retried_not_kept():
+    h = _CountingHandle(fail_first=True)
+    s = SimulatorSearch(h, topk=2, max_retries=0, share_identical=True)
+    r1, r2 = _all([s.search("q", "Q", ["a"], call_key=str(i)) for i in range(2)])
+    assert r1.failed and r2.failed and h.calls == 1  # the waiting caller got the same failure
+    r3 = asyncio.run(s.search("q", "Q", ["a"], call_key="3"))
+    assert not r3.failed and r3.docs and h.calls == 2  # the failure was not kept for the step
+    assert make_search_backend({"backend": "simulate_sft", "share_identical": True}).share_identical
+
+
 # ---------------------------------------------------------------- against the real deployment ------
 
 @pytest.mark.integration
@@ -162,6 +226,25 @@ def test_openai_client_against_deployment_route(simulator_deployment):
                               timeout_s=30, max_retries=2, backoff_s=0.05, max_tokens=80)
     r = asyncio.run(s.search(f"capital {land}", q["question"], q["golden_answers"]))
     assert not r.failed and r.docs and s.metrics()["search/http_simulator/retries"] == 1
+
+
+@pytest.mark.integration
+def test_share_identical_against_deployment(simulator_deployment):
+    """Identical calls of one step reach the replica once and return the same documents."""
+    d = simulator_deployment
+    q = d["questions"][0]
+    query = f"capital {q['question'].split()[-1][:-1]}"
+
+    def engine_requests(share):
+        s = SimulatorSearch(d["handle"], topk=K, share_identical=share)
+        before = d["handle"].stats.remote().result()["requests"]
+        res = _all([s.search(query, q["question"], q["golden_answers"], step=3, call_key=str(i)) for i in range(6)])
+        assert all(not r.failed and r.docs for r in res)
+        return d["handle"].stats.remote().result()["requests"] - before, res
+    n, res = engine_requests(True)
+    assert n == 1 and all(r.docs == res[0].docs for r in res)
+    n, res = engine_requests(False)
+    assert n == 6
 
 
 @pytest.mark.integration

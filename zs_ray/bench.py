@@ -167,14 +167,17 @@ class Bench:
         self.ray = ray
         self.details: dict = {}
 
-    def search(self):
+    def search(self, share_identical: Optional[bool] = None):
+        """The rollout's simulator client as configured (search.share_identical), or as asked."""
         from .search_clients import SimulatorSearch
 
-        return SimulatorSearch(self.handle, mode=self.sim_cfg["backend"], topk=int(self.sim_cfg["topk"]), timeout_s=300)
+        share = bool(self.sim_cfg.get("share_identical", False) if share_identical is None else share_identical)
+        return SimulatorSearch(self.handle, mode=self.sim_cfg["backend"], topk=int(self.sim_cfg["topk"]), timeout_s=300,
+                               share_identical=share)
 
     # -------------------------------------------------------------- 3. simulator concurrency
     def simulator(self) -> Row:
-        client = self.search()
+        client = self.search(share_identical=False)  # its 64 calls repeat 8 questions: each must be written
         qs = [(f"{r['question']}", r["question"], ["x"]) for r in self.rows]
         calls = [qs[i % len(qs)] for i in range(64)]
 
@@ -248,6 +251,8 @@ class Bench:
         keep = ("wall_s", "sampled_tokens", "searches_per_traj", "turns_per_traj", "answered", "finish")
         self.details["rollout: zs-ray runs"] = [{k: s[k] for k in keep} for s in sa]
         self.details["rollout: reference-loop runs"] = sb
+        if search.share_identical:  # the zs-ray side's calls answered by an identical call of the same step
+            self.details["rollout: simulator calls shared"] = round(search.counters.shared / max(search.counters.calls, 1), 3)
         self.engine = engine
         return [Row("1. rollout with search (zs-ray vs reference loop)", o, bb, r, ">= 3", "tok/s",
                     f"{len(self.rows)} prompts x {n}, max_turns {rc['max_turns']}, {rc['max_turn_tokens']} tok/turn; "
@@ -260,7 +265,7 @@ class Bench:
 
         ray, rc, n = self.ray, self.rollout_cfg, int(self.rollout_cfg["n_samples"])
         search_cfg = {"backend": self.sim_cfg["backend"], "app_name": "bench_sim", "topk": self.sim_cfg["topk"],
-                      "timeout_s": 300}
+                      "timeout_s": 300, "share_identical": bool(self.sim_cfg.get("share_identical", False))}
         gpus = self.cfg.resources.gpus_per_rollout_worker
         workers = [RolloutWorker.options(num_cpus=0.5, num_gpus=gpus).remote(
             self.paths["policy"], rc, search_cfg, i, 0, self.device) for i in range(max(counts))]

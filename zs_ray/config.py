@@ -60,6 +60,9 @@ class SearchConfig:
     hybrid_threshold: float = -2.5  # mean token log-prob below which hybrid falls back
     on_failure: str = "no_information"  # or "error"
     max_query_chars: int = 512
+    # simulators: identical calls in one training step (same query, question, answer and noise coin) share one
+    # generation, as a real engine returns one page per query; off: every call samples its own documents
+    share_identical: bool = False
     # Serve deployment of the simulator
     max_batch_size: int = 32  # vLLM max_num_seqs of the simulator engine (continuous batching)
     http_host: str = "127.0.0.1"
@@ -79,6 +82,9 @@ class CurriculumConfig:
     end: float = 0.5
     base: float = 4.0
     total_steps: Optional[int] = None  # None: trainer.steps
+    # call: one coin per search call (the paper's); group: one per (prompt, turn), shared by the GRPO group's
+    # samples, so that their rewards differ by what the policy did rather than by its documents' coin
+    coin: str = "call"
 
 
 @dataclass
@@ -335,6 +341,7 @@ def validate(cfg: DictConfig) -> None:
     _check(0.0 <= cfg.curriculum.start <= 1.0, "curriculum.start", "must be in [0, 1]")
     _check(0.0 <= cfg.curriculum.end <= 1.0, "curriculum.end", "must be in [0, 1]")
     _check(cfg.curriculum.base > 0, "curriculum.base", "must be > 0")
+    _check(cfg.curriculum.coin in ("call", "group"), "curriculum.coin", "must be 'call' or 'group'")
     _check(cfg.trainer.resume in ("never", "auto") or os.path.isdir(cfg.trainer.resume), "trainer.resume",
            f"must be 'never', 'auto' or an existing checkpoint folder, got {cfg.trainer.resume!r}")
     if cfg.search.backend in ("simulate_prompt", "simulate_sft") or (

@@ -26,6 +26,7 @@ class SearchError(RuntimeError):
 class _Counters:
     def __init__(self):
         self.calls = self.noisy = self.failures = self.retries = self.fallbacks = self.empty = 0
+        self.shared = 0  # calls answered by an identical call's documents (share_identical)
         self.dropped_chars = 0  # simulator text outside any usable `Doc i:` block (parsed away)
         self.latency = 0.0
 
@@ -35,12 +36,15 @@ class _Counters:
                 f"{prefix}failures": self.failures, f"{prefix}fail_frac": self.failures / n,
                 f"{prefix}retries": self.retries, f"{prefix}fallbacks": self.fallbacks,
                 f"{prefix}fallback_frac": self.fallbacks / n, f"{prefix}empty_frac": self.empty / n,
+                f"{prefix}shared_frac": self.shared / n,
                 f"{prefix}dropped_chars": self.dropped_chars,
                 f"{prefix}mean_latency_s": self.latency / n}
 
 
 class _Curriculum:
-    """p = noise_probability(step, ...); None or enabled=False: p = start (0 by default: always useful)."""
+    """p = noise_probability(step, ...); None or enabled=False: p = start (0 by default: always useful).
+    coin="group" flips one coin per (prompt, turn): the sample index is dropped from the rollout's
+    call key `prompt_id/sample/turn`."""
 
     def __init__(self, cfg: Optional[dict], seed: int):
         cfg = dict(cfg or {})
@@ -49,6 +53,9 @@ class _Curriculum:
         self.base, self.total = float(cfg.get("base", 4.0)), cfg.get("total_steps")
         if self.enabled and self.total is None:
             raise ValueError("curriculum.total_steps is None: set it (the driver uses trainer.steps)")
+        self.coin = str(cfg.get("coin", "call"))
+        if self.coin not in ("call", "group"):
+            raise ValueError(f"curriculum.coin must be 'call' or 'group', got {self.coin!r}")
         self.seed = seed
 
     def p(self, step: int) -> float:
@@ -57,6 +64,9 @@ class _Curriculum:
         return noise_probability(step, int(self.total), self.start, self.end, self.base)
 
     def noisy(self, step: int, call_key: str) -> bool:
+        if self.coin == "group":
+            parts = str(call_key).rsplit("/", 2)
+            call_key = f"{parts[0]}/{parts[-1]}" if len(parts) == 3 else call_key
         return is_noisy(self.p(step), self.seed, step, call_key)
 
 
@@ -82,7 +92,7 @@ class _SimulatorBase(SearchBackend):
 
     def __init__(self, mode: str, topk: int, curriculum: Optional[dict], seed: int, timeout_s: float,
                  max_retries: int, backoff_s: float, on_failure: str, max_query_chars: int = 512,
-                 confidence: bool = False):
+                 confidence: bool = False, share_identical: bool = False):
         if on_failure not in ("no_information", "error"):
             raise ValueError(f"search.on_failure must be 'no_information' or 'error', got {on_failure!r}")
         self.mode, self.topk, self.timeout_s = mode, int(topk), float(timeout_s)
@@ -92,6 +102,11 @@ class _SimulatorBase(SearchBackend):
         self.confidence = bool(confidence)
         self.curriculum = _Curriculum(curriculum, seed)
         self.counters = _Counters()
+        # share_identical: within a training step, calls with the same (query, question, answer, coin) get
+        # ONE generation, as a real engine returns one page per query. {step: {key: task}}, last 2 steps kept.
+        self.share_identical = bool(share_identical)
+        self._shared: dict[int, dict[tuple, asyncio.Future]] = {}
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
 
     async def _call(self, attempt: int, ctx: Any, query: str, question: str, answer: str, noisy: bool):
         raise NotImplementedError
@@ -112,10 +127,10 @@ class _SimulatorBase(SearchBackend):
         c = self.counters
         c.calls += 1
         c.noisy += int(noisy)
-        ctx = self._begin()
-        out, err = await _with_retries(
-            self._where(), lambda i: self._call(i, ctx, query, str(question), answer, noisy),
-            self.max_retries, self.backoff_s, c)
+        if self.share_identical:
+            out, err = await self._fetch_shared(step, query, str(question), answer, noisy)
+        else:
+            out, err = await self._fetch(query, str(question), answer, noisy)
         dt = time.perf_counter() - t
         c.latency += dt
         if err is not None:
@@ -129,6 +144,29 @@ class _SimulatorBase(SearchBackend):
         return SearchResult(docs=docs, backend=self.name, noisy=noisy, mean_logprob=mean_lp, latency_s=dt,
                             meta={"p_noise": self.curriculum.p(step)})
 
+    async def _fetch(self, query: str, question: str, answer: str, noisy: bool):
+        ctx = self._begin()
+        return await _with_retries(self._where(), lambda i: self._call(i, ctx, query, question, answer, noisy),
+                                   self.max_retries, self.backoff_s, self.counters)
+
+    async def _fetch_shared(self, step: int, query: str, question: str, answer: str, noisy: bool):
+        """The first call of a key generates; later and concurrent ones await its result. Failures are not kept."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a task belongs to its event loop (asyncio.run makes a new one per call)
+            self._shared, self._loop = {}, loop
+        for old in [s for s in self._shared if s < step - 1]:  # staleness 1 overlaps two steps at most
+            del self._shared[old]
+        table, key = self._shared.setdefault(step, {}), (query, question, answer, noisy)
+        task = table.get(key)
+        if task is None:
+            task = table[key] = asyncio.ensure_future(self._fetch(query, question, answer, noisy))
+        else:
+            self.counters.shared += 1
+        out, err = await asyncio.shield(task)  # one caller cancelled must not cancel the others' call
+        if err is not None and table.get(key) is task:
+            del table[key]
+        return out, err
+
     def metrics(self) -> dict:
         return self.counters.metrics(f"search/{self.name}/")
 
@@ -141,9 +179,9 @@ class SimulatorSearch(_SimulatorBase):
     def __init__(self, handle_or_app_name: Any = "simulator", mode: str = "simulate_sft", topk: int = 5,
                  curriculum: Optional[dict] = None, seed: int = 0, timeout_s: float = 60.0, max_retries: int = 3,
                  backoff_s: float = 0.5, on_failure: str = "no_information", max_query_chars: int = 512,
-                 confidence: bool = False):
+                 confidence: bool = False, share_identical: bool = False):
         super().__init__(mode, topk, curriculum, seed, timeout_s, max_retries, backoff_s, on_failure,
-                         max_query_chars, confidence)
+                         max_query_chars, confidence, share_identical)
         self._handle = None if isinstance(handle_or_app_name, str) else handle_or_app_name
         self.app_name = handle_or_app_name if isinstance(handle_or_app_name, str) else None
 
@@ -243,9 +281,9 @@ class OpenAISimulatorSearch(_SimulatorBase):
                  topk: int = 5, curriculum: Optional[dict] = None, seed: int = 0, timeout_s: float = 60.0,
                  max_retries: int = 3, backoff_s: float = 0.5, on_failure: str = "no_information",
                  temperature: float = 0.8, top_p: float = 1.0, max_tokens: int = 600, api_key: Optional[str] = None,
-                 max_query_chars: int = 512, confidence: bool = False):
+                 max_query_chars: int = 512, confidence: bool = False, share_identical: bool = False):
         super().__init__(mode, topk, curriculum, seed, timeout_s, max_retries, backoff_s, on_failure,
-                         max_query_chars, confidence)
+                         max_query_chars, confidence, share_identical)
         self.pool, self.http = _URLPool(urls), _HTTP(timeout_s, api_key)
         self.model_name, self.temperature, self.top_p, self.max_tokens = model_name, temperature, top_p, max_tokens
 
@@ -392,13 +430,15 @@ def make_search_backend(search_cfg: dict, curriculum_cfg: Optional[dict] = None,
     common = dict(topk=topk, curriculum=curriculum_cfg, seed=seed, timeout_s=float(s.get("timeout_s", 60.0)),
                   max_retries=int(s.get("max_retries", 3)), backoff_s=float(s.get("backoff_s", 0.5)),
                   on_failure=s.get("on_failure", "no_information"), max_query_chars=int(s.get("max_query_chars", 512)))
+    share = bool(s.get("share_identical", False))
 
     def simulator(mode: str) -> SearchBackend:
         if s.get("urls"):
             return OpenAISimulatorSearch(s["urls"], s.get("model_name"), mode=mode, temperature=s.get("temperature", 0.8),
                                          top_p=s.get("top_p", 1.0), max_tokens=s.get("max_tokens", 600),
-                                         api_key=s.get("api_key"), **common)
-        return SimulatorSearch(handle if handle is not None else s.get("app_name", "simulator"), mode=mode, **common)
+                                         api_key=s.get("api_key"), share_identical=share, **common)
+        return SimulatorSearch(handle if handle is not None else s.get("app_name", "simulator"), mode=mode,
+                               share_identical=share, **common)
 
     if backend in ("simulate_prompt", "simulate_sft"):
         return simulator(backend)

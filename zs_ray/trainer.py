@@ -106,7 +106,8 @@ class Trainer:
         c = self.cfg.curriculum
         # No curriculum = the final noise probability from the first step on (no easy-to-hard schedule).
         start = c.start if c.enabled else c.end
-        s["curriculum"] = {"start": start, "end": c.end, "base": c.base, "total_steps": self.curriculum_steps}
+        s["curriculum"] = {"start": start, "end": c.end, "base": c.base, "total_steps": self.curriculum_steps,
+                           "coin": c.coin}
         s["seed"] = self.cfg.trainer.seed
         if s["backend"] == "bm25":
             s.update(self._bm25_cfg() or {})
