@@ -167,7 +167,7 @@ def test_share_identical_one_generation_per_query_coin_and_step():
     s = SimulatorSearch(h, topk=2, curriculum=cur, share_identical=True)
     res = asyncio.run(step_calls(s, 0))
     assert {r.noisy for r in res} == {True, False} and h.calls == 2  # one generation per coin value
-    assert s.metrics()["search/simulator/shared_frac"] == 38 / 40
+    assert s.metrics()["search/simulator/shared_frac"] == 38 / 40 and sum(r.meta["shared"] for r in res) == 38
     assert all(r.docs == (["noisy capital X"] * 2 if r.noisy else ["a capital X"] * 2) for r in res)
     async def steps_in_one_loop(*steps):
         for st, q in steps:

@@ -98,6 +98,17 @@ def test_contains_answer_and_label():
     assert judge("q", ["x"], ["Paris"]) == S.USEFUL and judge("q", ["x"], ["Lyon"]) == S.NOISY
 
 
+def test_states_answer_needs_the_asked_entity_and_relation_in_the_sentence():
+    q, golds = "what is the birthplace of za pi?", ["pil kam"]
+    right = ["za pi: za pi year is 4 0 0 7 . za pi birthplace is pil kam .", "pa pi: pa pi year is 3 9 ."]
+    assert S.states_answer(right, q, golds) and S.states_answer(right, "za pi birthplace", golds)
+    garbled = ["za pi: ga pi birthplace is pil kam . ga pi year is 4 0 0 7 ."]  # contains it, about another name
+    other_relation = ["za pi: za pi school is pil kam . za pi birthplace is ter din ."]
+    split = ["za pi: za pi birthplace is", "pil kam ."]  # not one sentence
+    for docs in (garbled, other_relation, split):
+        assert S.contains_answer(" ".join(docs), golds) and not S.states_answer(docs, q, golds)
+
+
 def test_lead_with_answer_ranks_documents_and_sentences():
     docs = ["ka ro: ka ro year is 1 2 . ka ro river is tel .", "vi sa: vi sa capital is mun . vi sa river is dor .",
             "no title here . the answer dor again ."]

@@ -153,6 +153,7 @@ async def run_trajectory(engine, search: SearchBackend, row: dict, *, sample_ind
             traj.search_s += res.latency_s
             traj.search_calls.append({"query": action.content, "noisy": res.noisy, "backend": res.backend,
                                       "fallback": res.fallback, "failed": res.failed, "latency_s": res.latency_s,
+                                      "shared": bool(res.meta.get("shared")),
                                       "truncated_query": action.truncated})
             obs = _observation_ids(tok, res.text, min(cfg.max_obs_tokens, room))
         else:

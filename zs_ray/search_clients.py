@@ -127,8 +127,9 @@ class _SimulatorBase(SearchBackend):
         c = self.counters
         c.calls += 1
         c.noisy += int(noisy)
+        shared = False
         if self.share_identical:
-            out, err = await self._fetch_shared(step, query, str(question), answer, noisy)
+            out, err, shared = await self._fetch_shared(step, query, str(question), answer, noisy)
         else:
             out, err = await self._fetch(query, str(question), answer, noisy)
         dt = time.perf_counter() - t
@@ -142,7 +143,7 @@ class _SimulatorBase(SearchBackend):
         docs, mean_lp = out
         c.empty += int(not docs)
         return SearchResult(docs=docs, backend=self.name, noisy=noisy, mean_logprob=mean_lp, latency_s=dt,
-                            meta={"p_noise": self.curriculum.p(step)})
+                            meta={"p_noise": self.curriculum.p(step), "shared": shared})
 
     async def _fetch(self, query: str, question: str, answer: str, noisy: bool):
         ctx = self._begin()
@@ -157,15 +158,14 @@ class _SimulatorBase(SearchBackend):
         for old in [s for s in self._shared if s < step - 1]:  # staleness 1 overlaps two steps at most
             del self._shared[old]
         table, key = self._shared.setdefault(step, {}), (query, question, answer, noisy)
-        task = table.get(key)
+        task, shared = table.get(key), key in table
         if task is None:
             task = table[key] = asyncio.ensure_future(self._fetch(query, question, answer, noisy))
-        else:
-            self.counters.shared += 1
+        self.counters.shared += int(shared)
         out, err = await asyncio.shield(task)  # one caller cancelled must not cancel the others' call
         if err is not None and table.get(key) is task:
             del table[key]
-        return out, err
+        return out, err, shared
 
     def metrics(self) -> dict:
         return self.counters.metrics(f"search/{self.name}/")

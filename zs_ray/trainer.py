@@ -455,7 +455,7 @@ def search_call_metrics(trajs: list[dict]) -> dict:
     """Fractions of the search calls that were noisy, failed (no-information text) or fell back to real search."""
     calls = [c for t in trajs for c in t.get("search_calls", [])]
     n = max(len(calls), 1)
-    return {f"search/{k}_fraction": sum(bool(c.get(k)) for c in calls) / n for k in ("noisy", "failed", "fallback")}
+    return {f"search/{k}_fraction": sum(bool(c.get(k)) for c in calls) / n for k in ("noisy", "failed", "fallback", "shared")}
 
 
 def _get_all(refs: list, timeout: float) -> list:
