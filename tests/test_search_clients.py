@@ -200,7 +200,8 @@ def test_share_identical_failure_is_retried_not_kept():
     assert r1.failed and r2.failed and h.calls == 1  # the waiting caller got the same failure
     r3 = asyncio.run(s.search("q", "Q", ["a"], call_key="3"))
     assert not r3.failed and r3.docs and h.calls == 2  # the failure was not kept for the step
-    assert make_search_backend({"backend": "simulate_sft", "share_identical": True}).share_identical
+    assert make_search_backend({"backend": "simulate_sft"}).share_identical  # the config's default
+    assert not make_search_backend({"backend": "simulate_sft", "share_identical": False}).share_identical
 
 
 # ---------------------------------------------------------------- against the real deployment ------

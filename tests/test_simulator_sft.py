@@ -98,6 +98,11 @@ def test_contains_answer_and_label():
     assert judge("q", ["x"], ["Paris"]) == S.USEFUL and judge("q", ["x"], ["Lyon"]) == S.NOISY
 
 
+def test_default_queries_include_the_subject_first_form_the_policy_writes():
+    qs = S.default_queries("what is the year of ze vo?", random.Random(0))
+    assert qs[:3] == ["what is the year of ze vo?", "year ze vo", "ze vo year"]
+
+
 def test_states_answer_needs_the_asked_entity_and_relation_in_the_sentence():
     q, golds = "what is the birthplace of za pi?", ["pil kam"]
     right = ["za pi: za pi year is 4 0 0 7 . za pi birthplace is pil kam .", "pa pi: pa pi year is 3 9 ."]

@@ -61,8 +61,10 @@ class SearchConfig:
     on_failure: str = "no_information"  # or "error"
     max_query_chars: int = 512
     # simulators: identical calls in one training step (same query, question, answer and noise coin) share one
-    # generation, as a real engine returns one page per query; off: every call samples its own documents
-    share_identical: bool = False
+    # generation, as a real engine returns one page per query: a warm-started policy's GRPO group repeats its
+    # query (~60 % of calls), and the group's rewards then differ by what the policy did, not by which sample of
+    # documents it drew. false: every call samples its own documents (the reference code's way)
+    share_identical: bool = True
     # Serve deployment of the simulator
     max_batch_size: int = 32  # vLLM max_num_seqs of the simulator engine (continuous batching)
     http_host: str = "127.0.0.1"

@@ -430,7 +430,7 @@ def make_search_backend(search_cfg: dict, curriculum_cfg: Optional[dict] = None,
     common = dict(topk=topk, curriculum=curriculum_cfg, seed=seed, timeout_s=float(s.get("timeout_s", 60.0)),
                   max_retries=int(s.get("max_retries", 3)), backoff_s=float(s.get("backoff_s", 0.5)),
                   on_failure=s.get("on_failure", "no_information"), max_query_chars=int(s.get("max_query_chars", 512)))
-    share = bool(s.get("share_identical", False))
+    share = bool(s.get("share_identical", True))  # SearchConfig's default
 
     def simulator(mode: str) -> SearchBackend:
         if s.get("urls"):

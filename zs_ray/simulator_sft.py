@@ -114,13 +114,18 @@ _STOP = set("a an the of in on at to is was who what which when where how why di
 
 
 def default_queries(question: str, rng: random.Random) -> list[str]:
-    """Queries a policy might write: the question, its content words, and a partial keyword query."""
+    """Queries a policy might write: the question, its content words in the question's order and with the
+    first moved last (the subject first: "ze vo year" for "what is the year of ze vo?", the form the
+    warm-started policy writes), and a partial keyword query. Without the subject-first form the simulator
+    met that query out of distribution and stated the asked fact in 58 % of its useful results, against
+    94 % for the question (README, session 15)."""
     q = question.strip()
     words = [w for w in re.findall(r"\w+", q) if w.lower() not in _STOP]
     out = [q]
     if words:
         out.append(" ".join(words))
     if len(words) > 1:
+        out.append(" ".join(words[1:] + words[:1]))
         out.append(" ".join(sorted(rng.sample(words, max(1, len(words) // 2)), key=words.index)))
     return list(dict.fromkeys(out))
 
