@@ -13,8 +13,8 @@ import pytest
 
 from conftest import free_port
 from test_simulator import K, _all, _FakeHandle, simulator_deployment  # noqa: F401  (module fixture)
-from zs_ray.search_clients import (HybridSearch, OpenAISimulatorSearch, RetrieverSearch, SearchError,
-                                   SimulatorSearch, make_search_backend)
+from zs_ray.http_search import OpenAISimulatorSearch, RetrieverSearch
+from zs_ray.search_clients import HybridSearch, SearchError, SimulatorSearch, make_search_backend
 
 
 def _serve(handler_fn):
