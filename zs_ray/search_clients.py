@@ -154,11 +154,12 @@ class _SimulatorBase(SearchBackend):
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # a task belongs to its event loop (asyncio.run makes a new one per call)
             self._shared, self._loop = {}, loop
-        for old in [s for s in self._shared if s < step - 1]:  # staleness 1 overlaps two steps at most
+        for old in [s for s in self._shared if s < step - 1]:  # rollouts of two steps overlap at staleness 1
             del self._shared[old]
         table, key = self._shared.setdefault(step, {}), (query, question, answer, noisy)
-        task, shared = table.get(key), key in table
-        if task is None:
+        task = table.get(key)
+        shared = task is not None
+        if not shared:
             task = table[key] = asyncio.ensure_future(self._fetch(query, question, answer, noisy))
         self.counters.shared += int(shared)
         out, err = await asyncio.shield(task)  # one caller cancelled must not cancel the others' call

@@ -46,16 +46,12 @@ def contains_answer(text: str, golds: Sequence[str]) -> bool:
     return any(g and f" {g} " in norm for g in (normalize_answer(x) for x in golds))
 
 
-_QUESTION_WORDS = frozenset("what who whom whose which when where why how is are was were did does do of the a an "
-                            "in on to for".split())
-
-
 def states_answer(docs: Sequence[str], query: str, golds: Sequence[str]) -> bool:
     """One sentence holds a gold answer AND every content word of the query: the answer stated about what
     was asked. `contains_answer` alone passes "za pi: ga pi birthplace is X" for "za pi birthplace" (the
     2-layer simulator garbles names and values; BENCHMARKS/README: 96 % contain, ~58 % state). A question
     asked whole about a chain (two hops) has no such sentence: read it on one-hop queries."""
-    need = set(normalize_answer(query).split()) - _QUESTION_WORDS
+    need = set(normalize_answer(query).split()) - _STOP
     bodies = [d.split(": ", 1)[1] if ": " in d else d for d in docs]  # the "Title: " names no fact
     return any(contains_answer(s, golds) and need <= set(normalize_answer(s).split())
                for b in bodies for s in _SENTENCE_END.split(b))
