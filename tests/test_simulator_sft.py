@@ -255,8 +255,9 @@ def test_sft_learns_useful_vs_noisy(sft_sim):
     assert ev["useful_hit"] >= 0.70, ev
     assert ev["noisy_hit"] <= 0.30, ev
     assert ev["well_formed"] >= 0.5, ev
-    assert ev["by_source"] == {"tiny_world": {"useful_hit": ev["useful_hit"], "noisy_hit": ev["noisy_hit"],
-                                              "n": len(rows)}}
+    assert 0 <= ev["useful_stated"] <= ev["useful_hit"], ev  # stated about the query implies contained
+    assert ev["by_source"] == {"tiny_world": {"useful_hit": ev["useful_hit"], "useful_stated": ev["useful_stated"],
+                                              "noisy_hit": ev["noisy_hit"], "n": len(rows)}}
 
 
 @pytest.mark.integration
