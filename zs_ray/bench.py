@@ -171,7 +171,7 @@ class Bench:
         """The rollout's simulator client as configured (search.share_identical), or as asked."""
         from .search_clients import SimulatorSearch
 
-        share = bool(self.sim_cfg.get("share_identical", True) if share_identical is None else share_identical)
+        share = bool(self.sim_cfg["share_identical"] if share_identical is None else share_identical)
         return SimulatorSearch(self.handle, mode=self.sim_cfg["backend"], topk=int(self.sim_cfg["topk"]), timeout_s=300,
                                share_identical=share)
 
@@ -265,7 +265,7 @@ class Bench:
 
         ray, rc, n = self.ray, self.rollout_cfg, int(self.rollout_cfg["n_samples"])
         search_cfg = {"backend": self.sim_cfg["backend"], "app_name": "bench_sim", "topk": self.sim_cfg["topk"],
-                      "timeout_s": 300, "share_identical": bool(self.sim_cfg.get("share_identical", True))}
+                      "timeout_s": 300, "share_identical": bool(self.sim_cfg["share_identical"])}
         gpus = self.cfg.resources.gpus_per_rollout_worker
         workers = [RolloutWorker.options(num_cpus=0.5, num_gpus=gpus).remote(
             self.paths["policy"], rc, search_cfg, i, 0, self.device) for i in range(max(counts))]
