@@ -13,6 +13,9 @@ def parse_args(argv):
     p.add_argument("--config", default=None, help="base config (default configs/cpu_default.yaml)")
     p.add_argument("--work", default=None, help="work dir (default runs/bench/{quick,full})")
     p.add_argument("--out", default=None, help="markdown file to update (default BENCHMARKS.md)")
+    p.add_argument("--models", default=None, help="a finished quickstart's output dir (`zs-ray quickstart --out`): "
+                   "the figures run its world, warm-started policy and simulator (default: figure 5's quickstart "
+                   "in the full preset, else the bench's own small models)")
     p.add_argument("--skip", action="append", default=[], help="skip a figure by its name, e.g. '5. quickstart'")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value")
     return p.parse_args(argv)
@@ -23,7 +26,8 @@ def main(argv):
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch starts its thread pool
     from zs_ray.bench import run
 
-    rows = run(quick=a.quick, config=a.config, overrides=a.overrides, work=a.work, out_md=a.out, skip=a.skip)
+    rows = run(quick=a.quick, config=a.config, overrides=a.overrides, work=a.work, out_md=a.out, skip=a.skip,
+               models=a.models)
     return 0 if rows else 1
 
 

@@ -40,3 +40,23 @@ def test_cpu_busy_counts_a_busy_loop():
     while time.perf_counter() - t0 < 0.5:
         pass
     assert cpu_busy_s() - b0 >= 0.25
+
+
+def test_models_from_a_quickstart_output(tmp_path):
+    """`--models DIR` runs the figures on a quickstart's models; an unfinished output is refused by name."""
+    import pytest
+
+    from jobs.bench import parse_args
+    from zs_ray.bench import QUICKSTART_MODELS, prepare
+
+    assert parse_args(["--models", "runs/qs/out"]).models == "runs/qs/out" and parse_args([]).models is None
+    for f in list(QUICKSTART_MODELS.values())[:2]:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("")
+    with pytest.raises(FileNotFoundError, match="simulator_sft/model.safetensors"):
+        prepare(str(tmp_path / "work"), {}, models=str(tmp_path))
+    (tmp_path / "simulator_sft").mkdir()
+    (tmp_path / "simulator_sft" / "model.safetensors").write_text("")
+    paths = prepare(str(tmp_path / "work"), {}, models=str(tmp_path))
+    assert paths["policy"] == f"{tmp_path}/policy_warm" and paths["world"] == f"{tmp_path}/world"
+    assert "quickstart" in paths["source"] and not (tmp_path / "work").exists()  # builds nothing of its own

@@ -11,8 +11,11 @@ alternately (A, B, B, A, ...) several times, and the median of the per-pair rati
 5. the quickstart: peak RSS of its whole process tree (incl. Ray workers) and wall time
 6. scaling: rollout throughput with 1/2/4 rollout workers; step time with 1/2 policy workers
 
-The policy is briefly SFT'd on the world's warmstart.jsonl (so it searches) and the simulator is
-fine-tuned on BM25 documents (so it writes `Doc i:` blocks); both are cached under the work dir.
+Models: the full preset takes figure 5's quickstart output (its world, warm-started policy with the copy prior,
+fine-tuned simulator: the models the method trains), or `--models DIR` names a quickstart output to use. Without
+one (the quick preset, figure 5 skipped or failed) the bench builds its own: a small world, a policy briefly SFT'd
+on its warmstart.jsonl (so it searches, but with no copy prior) and a simulator fine-tuned on BM25 documents,
+cached under the work dir.
 """
 from __future__ import annotations
 
@@ -34,9 +37,9 @@ DEFAULT_CONFIG = os.path.join(REPO, "configs", "cpu_default.yaml")
 
 PRESETS = {
     "quick": dict(entities=60, policy_sft=100, sim_sft=60, prompts=8, reps=3, scale_reps=2, steps=3, stale_reps=2,
-                  seq_calls=12, quickstart="smoke", quickstart_timeout_s=900),
+                  seq_calls=12, quickstart="smoke", quickstart_timeout_s=900, models_from_quickstart=False),
     "full": dict(entities=200, policy_sft=150, sim_sft=200, prompts=16, reps=5, scale_reps=3, steps=4, stale_reps=3,
-                 seq_calls=32, quickstart="full", quickstart_timeout_s=1800),
+                 seq_calls=32, quickstart="full", quickstart_timeout_s=1800, models_from_quickstart=True),
 }
 
 
@@ -64,11 +67,29 @@ def free_port() -> int:
 
 
 # ------------------------------------------------------------------ assets
-def prepare(work: str, p: dict, log=print) -> dict:
-    """Small world + warm-started policy + fine-tuned simulator (cached: rebuilt only when missing)."""
+QUICKSTART_MODELS = {"world": "world/world/train.parquet", "policy": "policy_warm/model.safetensors",
+                     "simulator": "simulator_sft/model.safetensors"}
+
+
+def quickstart_models(out: str) -> dict:
+    """The world, warm-started policy and simulator of a finished quickstart (`zs-ray quickstart --out OUT`)."""
+    missing = [f"{out}/{f}" for f in QUICKSTART_MODELS.values() if not os.path.exists(f"{out}/{f}")]
+    if missing:
+        raise FileNotFoundError(f"--models {out}: not a finished quickstart output, missing {', '.join(missing)}")
+    return {"world": f"{out}/world", "policy": f"{out}/policy_warm", "simulator": f"{out}/simulator_sft",
+            "source": f"the quickstart's models ({os.path.relpath(out, REPO)})"}
+
+
+def prepare(work: str, p: dict, log=print, models: Optional[str] = None) -> dict:
+    """The models the figures run: a quickstart's (`models`), else the bench's own small world + briefly SFT'd
+    policy + fine-tuned simulator (cached: rebuilt only when missing)."""
     from .world import build_world_assets
 
-    paths = {"world": f"{work}/world", "policy": f"{work}/policy_sft", "simulator": f"{work}/simulator_sft"}
+    if models:
+        return quickstart_models(os.path.abspath(models))
+    paths = {"world": f"{work}/world", "policy": f"{work}/policy_sft", "simulator": f"{work}/simulator_sft",
+             "source": f"the bench's own models (policy {p['policy_sft']} SFT steps, no copy prior; simulator "
+                       f"{p['sim_sft']} SFT steps)"}
     if not os.path.exists(f"{work}/world/world/train.parquet"):
         log("[bench] building the world and tiny models")
         build_world_assets(paths["world"], seed=0, n_entities=p["entities"], n_test_entities=10, n_pretrain=0)
@@ -201,7 +222,7 @@ class Bench:
         self.details["simulator docs/s (64 concurrent, sequential)"] = [[round(x, 1) for x in conc],
                                                                        [round(x, 1) for x in seq]]
         return Row("3. simulator, 64 concurrent callers vs 1 at a time", o, b, r, ">= 8", "docs/s",
-                   f"SFT'd simulator ({self.p['sim_sft']} steps), topk {self.sim_cfg['topk']}, "
+                   f"{self.paths['source']}, topk {self.sim_cfg['topk']}, "
                    f"max_tokens {self.sim_cfg['max_tokens']}, engine batch {self.sim_cfg['max_batch_size']}")
 
     # -------------------------------------------------------------- 1. rollout vs the reference loop
@@ -256,7 +277,7 @@ class Bench:
         self.engine = engine
         return [Row("1. rollout with search (zs-ray vs reference loop)", o, bb, r, ">= 3", "tok/s",
                     f"{len(self.rows)} prompts x {n}, max_turns {rc['max_turns']}, {rc['max_turn_tokens']} tok/turn; "
-                    f"warm-started policy ({self.p['policy_sft']} SFT steps), "
+                    f"{self.paths['source']}, "
                     f"{statistics.median(s['searches_per_traj'] for s in sa):.2f} searches/traj")]
 
     # -------------------------------------------------------------- 6a. rollout workers
@@ -408,7 +429,7 @@ class Bench:
 
 
 def run(quick: bool = False, config: Optional[str] = None, overrides=(), work: Optional[str] = None,
-        out_md: Optional[str] = None, skip=(), log=print) -> list[Row]:
+        out_md: Optional[str] = None, skip=(), log=print, models: Optional[str] = None) -> list[Row]:
     from .config import load_config
     from .runtime import apply_local_env
 
@@ -424,7 +445,7 @@ def run(quick: bool = False, config: Optional[str] = None, overrides=(), work: O
     cfg_path = config or DEFAULT_CONFIG
     cfg = load_config(cfg_path, list(overrides))
     info, rows, t0 = machine(), [], time.perf_counter()
-    command = "zs-ray bench" + (" --quick" if quick else "")
+    command = "zs-ray bench" + (" --quick" if quick else "") + (f" --models {models}" if models else "")
 
     def attempt(name, fn):
         if name in skip:
@@ -440,8 +461,11 @@ def run(quick: bool = False, config: Optional[str] = None, overrides=(), work: O
         log(table(rows))
 
     def quickstart():
+        nonlocal models
         q = measure_quickstart(os.path.join(work, "quickstart"), p["quickstart"], p["quickstart_timeout_s"], log=log)
         bad = q["rc"] != 0
+        if not bad and not models and p["models_from_quickstart"]:  # the other figures run the method's models
+            models = os.path.join(work, "quickstart")
         note = f"preset `{p['quickstart']}`, rc={q['rc']}" + (
             f" (did not finish: killed at the {p['quickstart_timeout_s']} s limit or failed; peak up to then; "
             f"log {os.path.relpath(q['log'], REPO)})" if bad else "")
@@ -454,8 +478,11 @@ def run(quick: bool = False, config: Optional[str] = None, overrides=(), work: O
     details: dict = {}
     figures = ("3. simulator", "1. rollout", "6. rollout workers", "6. policy workers", "2/4. trainer")
     if set(figures) - set(skip):
-        b = Bench(work, p, prepare(work, p, log), cfg, log)
-        b.cfg_path, b.overrides, details = cfg_path, list(overrides), b.details
+        b = Bench(work, p, prepare(work, p, log, models), cfg, log)
+        details["models"] = b.paths["source"]
+        b.cfg_path, b.overrides = cfg_path, list(overrides)
+        b.details.update(details)
+        details = b.details
         for name, fn in zip(figures, (b.simulator, b.rollout, b.rollout_scaling, b.policy_scaling, b.trainer)):
             attempt(name, fn)
         b.ray.shutdown()
