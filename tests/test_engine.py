@@ -113,3 +113,20 @@ def test_clear_errors(tiny_assets):
     if cfg.head_dim % 32:  # e.g. the 'test' size (head_dim 16): vLLM's CPU kernels lack it
         with pytest.raises(ValueError, match=f"head_dim={cfg.head_dim}"):
             VLLMEngine(tiny_assets["model"])
+
+
+def test_reload_drops_only_the_rotary_warning():
+    """Each in-place reload made vLLM warn "RotaryEmbedding: Failed to load weights" (its cos/sin cache is not in
+    any checkpoint, and vLLM keeps it): filtered out; the same warning about any other layer still passes."""
+    import logging
+
+    from zs_ray.engine import _quiet_rotary_reload_warning
+
+    _quiet_rotary_reload_warning()
+    _quiet_rotary_reload_warning()  # idempotent: one filter, not one per engine
+    log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    assert len(log.filters) == 1
+
+    def rec(layer):
+        return log.makeRecord(log.name, logging.WARNING, __file__, 0, "%s: Failed to load weights", (layer,), None)
+    assert not log.filter(rec("RotaryEmbedding")) and log.filter(rec("QKVParallelLinear"))

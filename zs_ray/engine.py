@@ -88,6 +88,21 @@ def _patch_vllm_kernel_scan() -> None:
     dispatcher.vars = _vars
 
 
+def _rotary_reload_warning(record) -> bool:
+    """False for vLLM's "RotaryEmbedding: Failed to load weights" on every in-place reload: the rotary cos/sin
+    cache is computed at start-up, never in a checkpoint, and vLLM keeps it (it places the old tensors back).
+    Printed once per weight sync per rollout worker, it buried the training log; other layers still warn."""
+    return not (record.getMessage() == "RotaryEmbedding: Failed to load weights")
+
+
+def _quiet_rotary_reload_warning() -> None:
+    import logging
+
+    log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    if _rotary_reload_warning not in log.filters:
+        log.addFilter(_rotary_reload_warning)
+
+
 class _SerialEngine:
     """Shared plumbing: one worker thread owns the model, so generation and weight reloads never overlap."""
 
@@ -148,6 +163,7 @@ class VLLMEngine(_SerialEngine):
             raise ImportError(_INSTALL_HINT) from e
         _check_device(device)
         _patch_vllm_kernel_scan()
+        _quiet_rotary_reload_warning()
         super().__init__()
         from transformers import AutoTokenizer
 
@@ -217,6 +233,7 @@ class VLLMEngine(_SerialEngine):
         t = time.perf_counter()
 
         def _reload(worker, sd):
+            _quiet_rotary_reload_warning()  # in the worker process too (tensor_parallel_size > 1)
             pairs = iter(list(sd.items())) if isinstance(sd, dict) else iter(sd)
             worker.model_runner.reload_weights(weights_iterator=pairs)
             from vllm.platforms import current_platform
