@@ -47,7 +47,7 @@ def test_models_from_a_quickstart_output(tmp_path):
     import pytest
 
     from jobs.bench import parse_args
-    from zs_ray.bench import QUICKSTART_MODELS, prepare
+    from zs_ray.bench_assets import QUICKSTART_MODELS, prepare
 
     assert parse_args(["--models", "runs/qs/out"]).models == "runs/qs/out" and parse_args([]).models is None
     for f in list(QUICKSTART_MODELS.values())[:2]:

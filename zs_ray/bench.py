@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
 import os
 import socket
 import statistics
-import subprocess
-import sys
 import time
 from typing import Optional
 
+from .bench_assets import measure_quickstart, prepare
 from .bench_report import Row, log_mlflow, machine, markdown, paired, table, write_section
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
@@ -64,99 +62,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-# ------------------------------------------------------------------ assets
-QUICKSTART_MODELS = {"world": "world/world/train.parquet", "policy": "policy_warm/model.safetensors",
-                     "simulator": "simulator_sft/model.safetensors"}
-
-
-def quickstart_models(out: str) -> dict:
-    """The world, warm-started policy and simulator of a finished quickstart (`zs-ray quickstart --out OUT`)."""
-    missing = [f"{out}/{f}" for f in QUICKSTART_MODELS.values() if not os.path.exists(f"{out}/{f}")]
-    if missing:
-        raise FileNotFoundError(f"--models {out}: not a finished quickstart output, missing {', '.join(missing)}")
-    return {"world": f"{out}/world", "policy": f"{out}/policy_warm", "simulator": f"{out}/simulator_sft",
-            "source": f"the quickstart's models ({os.path.relpath(out, REPO)})"}
-
-
-def prepare(work: str, p: dict, log=print, models: Optional[str] = None) -> dict:
-    """The models the figures run: a quickstart's (`models`), else the bench's own small world + briefly SFT'd
-    policy + fine-tuned simulator (cached: rebuilt only when missing)."""
-    from .world import build_world_assets
-
-    if models:
-        return quickstart_models(os.path.abspath(models))
-    paths = {"world": f"{work}/world", "policy": f"{work}/policy_sft", "simulator": f"{work}/simulator_sft",
-             "source": f"the bench's own models (policy {p['policy_sft']} SFT steps, no copy prior; simulator "
-                       f"{p['sim_sft']} SFT steps)"}
-    if not os.path.exists(f"{work}/world/world/train.parquet"):
-        log("[bench] building the world and tiny models")
-        build_world_assets(paths["world"], seed=0, n_entities=p["entities"], n_test_entities=10, n_pretrain=0)
-    if not os.path.exists(f"{paths['policy']}/model.safetensors"):
-        from transformers import AutoTokenizer
-
-        from .sft import encode_chat_example, sft_train
-
-        tok = AutoTokenizer.from_pretrained(f"{work}/world/tokenizer")
-        demos = [json.loads(ln) for ln in open(f"{work}/world/world/warmstart.jsonl")]
-        r = sft_train(f"{work}/world/policy", [encode_chat_example(tok, d["prompt"], d["response"]) for d in demos],
-                      tokenizer=tok, steps=p["policy_sft"], lr=2e-3, batch_size=8, warmup=10, threads=2,
-                      out_dir=paths["policy"], progress=log, label="bench policy sft", log_every=50)
-        log(f"[bench] policy SFT: {r['steps']} steps, loss {r['final_loss']:.3f}")
-    if not os.path.exists(f"{paths['simulator']}/model.safetensors"):
-        import shutil
-
-        from .data import load_rows
-        from .simulator_sft import run as sim_sft
-
-        res = sim_sft(f"{work}/world/simulator", f"{work}/simulator_job", questions=load_rows(
-            f"{work}/world/world/train.parquet"), corpus=f"{work}/world/world/corpus.jsonl", topk=3,
-            steps=p["sim_sft"], heldout_frac=0.0, log=log, threads=2)
-        shutil.copytree(res["model_dir"], paths["simulator"], dirs_exist_ok=True)
-    return paths
-
-
-# ------------------------------------------------------------------ figure 5 (own process tree)
-def measure_quickstart(out: str, preset: str, timeout_s: float, poll_s: float = 0.5, log=print) -> dict:
-    """Run the quickstart in a child process; sum the RSS of its whole process tree every `poll_s`."""
-    import psutil
-
-    env = {**os.environ, "ZS_RAY_TMP": f"/tmp/zsb_qs_{os.getpid()}"}
-    cmd = [sys.executable, "-m", "jobs.quickstart", "--out", out, "--preset", preset]
-    t0, peak, peak_pss, n = time.perf_counter(), 0, 0, 0
-    pss_every = max(1, round(10 / poll_s))  # polls between PSS reads (see below)
-    logf = open(os.path.join(os.path.dirname(out), f"quickstart_{preset}.log"), "w")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT)
-    root = psutil.Process(proc.pid)
-    while proc.poll() is None and time.perf_counter() - t0 < timeout_s:
-        rss = pss = 0
-        try:
-            for q in [root] + root.children(recursive=True):
-                try:
-                    rss += q.memory_info().rss
-                    # PSS (shared pages split between processes) every ~10 s: reading the smaps of the 17
-                    # processes at GRPO costs 0.05-0.08 s of CPU (RSS: 0.0004 s), taken from what we time
-                    pss += q.memory_full_info().pss if n % pss_every == 0 else 0
-                except psutil.Error:
-                    pass
-        except psutil.Error:
-            pass
-        peak, peak_pss, n = max(peak, rss), max(peak_pss, pss), n + 1
-        time.sleep(poll_s)
-    wall = time.perf_counter() - t0
-    if proc.poll() is None:  # over the time limit: stop the tree we started, children first
-        for q in root.children(recursive=True) + [root]:
-            try:
-                q.kill()
-            except psutil.Error:
-                pass
-    rc = proc.wait()
-    logf.close()
-    log(f"[bench] quickstart {preset}: rc={rc}, {wall:.0f} s, peak RSS {peak / 2 ** 30:.2f} GiB, "
-        f"peak PSS {peak_pss / 2 ** 30:.2f} GiB")
-    return {"rc": rc, "wall_s": wall, "peak_rss_gib": peak / 2 ** 30, "peak_pss_gib": peak_pss / 2 ** 30,
-            "log": logf.name}
 
 
 # ------------------------------------------------------------------ the Ray part
