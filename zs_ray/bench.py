@@ -11,11 +11,7 @@ alternately (A, B, B, A, ...) several times, and the median of the per-pair rati
 5. the quickstart: peak RSS of its whole process tree (incl. Ray workers) and wall time
 6. scaling: rollout throughput with 1/2/4 rollout workers; step time with 1/2 policy workers
 
-Models: the full preset takes figure 5's quickstart output (its world, warm-started policy with the copy prior,
-fine-tuned simulator: the models the method trains), or `--models DIR` names a quickstart output to use. Without
-one (the quick preset, figure 5 skipped or failed) the bench builds its own: a small world, a policy briefly SFT'd
-on its warmstart.jsonl (so it searches, but with no copy prior) and a simulator fine-tuned on BM25 documents,
-cached under the work dir.
+Models: figure 5's quickstart (full preset) or `--models DIR`; else the bench's own (zs_ray/bench_assets.py).
 """
 from __future__ import annotations
 

@@ -1,5 +1,12 @@
-"""The bench's models and figure 5: a finished quickstart's models (`--models`), else the bench's own small ones
-(`prepare`); the quickstart run in a child process with the RSS of its whole process tree (`measure_quickstart`)."""
+"""The bench's models, and figure 5's harness.
+
+Models: the full preset runs its figures on the output of the quickstart that figure 5 has just run (its world,
+warm-started policy with the copy prior, fine-tuned simulator: the models the method trains), or on the one
+`--models DIR` names. Without one (the quick preset, figure 5 skipped or failed) `prepare` builds the bench's own:
+a small world, a policy briefly SFT'd on its warmstart.jsonl (it searches, but has no copy prior, so its GRPO
+groups rarely repeat a query) and a simulator fine-tuned on BM25 documents, cached under the work dir.
+Figure 5 (`measure_quickstart`): the quickstart in a child process, RSS of its whole process tree.
+"""
 from __future__ import annotations
 
 import json
