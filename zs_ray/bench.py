@@ -380,10 +380,8 @@ def run(quick: bool = False, config: Optional[str] = None, overrides=(), work: O
     figures = ("3. simulator", "1. rollout", "6. rollout workers", "6. policy workers", "2/4. trainer")
     if set(figures) - set(skip):
         b = Bench(work, p, prepare(work, p, log, models), cfg, log)
+        b.cfg_path, b.overrides, details = cfg_path, list(overrides), b.details
         details["models"] = b.paths["source"]
-        b.cfg_path, b.overrides = cfg_path, list(overrides)
-        b.details.update(details)
-        details = b.details
         for name, fn in zip(figures, (b.simulator, b.rollout, b.rollout_scaling, b.policy_scaling, b.trainer)):
             attempt(name, fn)
         b.ray.shutdown()

@@ -92,7 +92,7 @@ def _rotary_reload_warning(record) -> bool:
     """False for vLLM's "RotaryEmbedding: Failed to load weights" on every in-place reload: the rotary cos/sin
     cache is computed at start-up, never in a checkpoint, and vLLM keeps it (it places the old tensors back).
     Printed once per weight sync per rollout worker, it buried the training log; other layers still warn."""
-    return not (record.getMessage() == "RotaryEmbedding: Failed to load weights")
+    return record.getMessage() != "RotaryEmbedding: Failed to load weights"
 
 
 def _quiet_rotary_reload_warning() -> None:
@@ -163,7 +163,6 @@ class VLLMEngine(_SerialEngine):
             raise ImportError(_INSTALL_HINT) from e
         _check_device(device)
         _patch_vllm_kernel_scan()
-        _quiet_rotary_reload_warning()
         super().__init__()
         from transformers import AutoTokenizer
 
@@ -233,7 +232,7 @@ class VLLMEngine(_SerialEngine):
         t = time.perf_counter()
 
         def _reload(worker, sd):
-            _quiet_rotary_reload_warning()  # in the worker process too (tensor_parallel_size > 1)
+            _quiet_rotary_reload_warning()  # here, in the process that reloads (a TP worker too)
             pairs = iter(list(sd.items())) if isinstance(sd, dict) else iter(sd)
             worker.model_runner.reload_weights(weights_iterator=pairs)
             from vllm.platforms import current_platform
