@@ -43,7 +43,9 @@ class Critic(torch.nn.Module):
         super().__init__()
         self.model = backbone  # named `model` so keys match the causal LM's ("model.layers.0...")
         self.value_head = torch.nn.Linear(hidden_size, 1)
-        torch.nn.init.normal_(self.value_head.weight, std=hidden_size ** -0.5)
+        # small (as OpenRLHF's 1 / (hidden + 1)): values start near 0, so the first advantages are about the
+        # reward, not a random per-token offset of the size of the reward itself (std hidden^-0.5 gave V ~ N(0, 1))
+        torch.nn.init.normal_(self.value_head.weight, std=1.0 / (hidden_size + 1))
         torch.nn.init.zeros_(self.value_head.bias)
 
     def forward(self, input_ids, attention_mask):

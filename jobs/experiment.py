@@ -1,4 +1,4 @@
-"""`zs-ray experiment table [--out DIR] [--preset full|long|smoke] [--rl-steps N] [--seed N] [--rows NAME ...]`:
+"""`zs-ray experiment table [--out DIR] [--preset full|long|smoke] [--rl-steps N] [--warm-steps N] [--seed N] [--rows NAME ...]`:
 the paper's table in miniature (warm start, equal-compute SFT, GRPO with real search, ZeroSearch, prompt-based
 simulator, no curriculum, PPO, REINFORCE, no search at test time) as markdown, CSV and a PNG plot."""
 import argparse
@@ -16,6 +16,9 @@ def main(argv):
     p.add_argument("--rl-steps", type=int, default=None,
                    help="RL steps of every RL row (default: the preset's); the SFT row gets as many demonstrations "
                         "as RL samples trajectories; results go to OUT/table_rlN")
+    p.add_argument("--warm-steps", type=int, default=None,
+                   help="start every row from a warm start of N steps (OUT/policy_warmN, built from OUT/policy_pre if "
+                        "missing) instead of the preset's; results go to OUT/table[_rlM]_warmN")
     p.add_argument("--rows", nargs="*", default=None, help="only these RL rows (names as in the table)")
     p.add_argument("--reuse", action="store_true",
                    help="evaluate rows whose policy is already trained under OUT/table (OUT/table_rlN with --rl-steps) "
@@ -26,9 +29,10 @@ def main(argv):
     apply_local_env()
     from zs_ray.experiment import run_table
 
-    if a.rl_steps is not None and a.rl_steps < 1:
-        p.error(f"--rl-steps must be >= 1, got {a.rl_steps}")
-    run_table(a.out, a.preset, a.seed, a.rows, reuse=a.reuse, rl_steps=a.rl_steps)
+    for flag, v in (("--rl-steps", a.rl_steps), ("--warm-steps", a.warm_steps)):
+        if v is not None and v < 1:
+            p.error(f"{flag} must be >= 1, got {v}")
+    run_table(a.out, a.preset, a.seed, a.rows, reuse=a.reuse, rl_steps=a.rl_steps, warm_steps=a.warm_steps)
     return 0
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from zs_ray.algorithms import (actor_loss, behaviour_weights, entropy_from_logits, gae, group_spread, grpo_advantages,
-                               kl_penalty, lr_factor, masked_sum_mean, policy_loss, ppo_token_rewards,
+                               kl_penalty, lr_factor, masked_sum_mean, masked_whiten, policy_loss, ppo_token_rewards,
                                reinforce_advantages, tied_groups, value_loss)
 
 
@@ -102,6 +102,17 @@ def test_gae_discounting():
     mask = torch.ones(1, 3)
     adv, _ = gae(rewards, torch.zeros(1, 3), mask, gamma=0.5, lam=1.0)
     assert torch.allclose(adv, torch.tensor([[0.25, 0.5, 1.0]]))
+
+
+def test_masked_whiten_uses_only_policy_tokens():
+    x = torch.tensor([[1.0, 50.0, 3.0], [5.0, 7.0, -9.0]])
+    mask = torch.tensor([[1, 0, 1], [1, 1, 0]])  # 50 and -9 are env / padding tokens
+    w = masked_whiten(x, mask)
+    kept = torch.tensor([1.0, 3.0, 5.0, 7.0])
+    expect = (kept - kept.mean()) / kept.std()
+    assert torch.allclose(w[mask.bool()], expect, atol=1e-5)
+    assert w[0, 1] == 0 and w[1, 2] == 0
+    assert torch.allclose(masked_whiten(x * 10 + 3, mask), w, atol=1e-5)  # scale- and shift-free
 
 
 def test_ppo_token_rewards_score_on_last_policy_token():

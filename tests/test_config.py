@@ -64,6 +64,7 @@ def test_override_without_equals():
 
 @pytest.mark.parametrize("ov,key", [
     (["trainer.staleness=-1"], "trainer.staleness"),
+    (["algorithm.critic_warmup=-1"], "algorithm.critic_warmup"),
     (["trainer.steps=0"], "trainer.steps"),
     (["algorithm.name=dpo"], "algorithm.name"),
     (["algorithm.reward=format"], "algorithm.reward"),

@@ -29,6 +29,9 @@ def test_write_table_names_a_non_default_rl_budget(tmp_path):
     res = {"prior + warm start": {"em": 0.1, "cover_em": 0.2, "f1": 0.3, "searches": 1.0}}
     md = open(write_table(res, {}, str(tmp_path), 60.0, "long", 240)["markdown"]).read()
     assert "preset `long`, 240 RL steps, 1 min" in md
+    md = open(write_table(res, {}, str(tmp_path), 60.0, "long", 60, 60, ["PPO + x"])["markdown"]).read()
+    assert "preset `long`, 60 RL steps, a 60-step warm start, 1 min, " in md
+    assert "; trained in an earlier run, evaluated again: PPO + x." in md
 
 
 def test_an_rl_budget_below_one_step_is_refused_before_any_work(tmp_path, capsys):
@@ -37,4 +40,9 @@ def test_an_rl_budget_below_one_step_is_refused_before_any_work(tmp_path, capsys
     with pytest.raises(SystemExit):
         experiment_main(["table", "--out", str(tmp_path), "--rl-steps", "0"])
     assert "--rl-steps must be >= 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="warm_steps must be >= 1"):
+        run_table(str(tmp_path), "smoke", warm_steps=0)
+    with pytest.raises(SystemExit):
+        experiment_main(["table", "--out", str(tmp_path), "--warm-steps", "-2"])
+    assert "--warm-steps must be >= 1" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # nothing written

@@ -28,6 +28,21 @@ def test_quickstart_smoke_runs_every_stage(tmp_path):
     assert (out / "mlflow.db").exists() and (out / "grpo" / "policy_hf" / "model.safetensors").exists()
     assert "held-out copy accuracy" in proc.stdout and "mlflow ui" in proc.stdout
 
+    # the table on that output, one RL row, from a shorter warm start it builds: every row starts from it
+    row = "GRPO + real BM25 search"
+    proc = subprocess.run([sys.executable, "-m", "zs_ray.cli", "experiment", "table", "--preset", "smoke", "--out",
+                           str(out), "--rl-steps", "1", "--warm-steps", "3", "--rows", row],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tdir = out / "table_rl1_warm3"
+    md = (tdir / "table.md").read_text()
+    assert "1 RL steps, a 3-step warm start" in md
+    assert [ln.split("|")[1].strip() for ln in md.splitlines()[4:]] == [
+        "prior + warm start", "warm start + more SFT, same compute as RL", row]
+    assert (out / "policy_warm3" / "model.safetensors").exists()
+    cfg = (tdir / "grpo_real_bm25_search" / "config.yaml").read_text()
+    assert f"policy_path: {out}/policy_warm3" in cfg
+
 
 def test_stages_run_in_a_child_process_when_they_pickle():
     from zs_ray.quickstart import in_child_process

@@ -85,6 +85,17 @@ def gae(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
     return adv * mask, returns
 
 
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the unmasked tokens of the batch; zero where mask is 0. PPO whitens its GAE
+    advantages so (as verl, the ZeroSearch reference, does): with an untrained critic the raw advantages R - V
+    have an arbitrary scale and sign, and the first updates then erase the policy's format."""
+    mask = mask.to(x.dtype)
+    n = mask.sum().clamp(min=1)
+    mean = (x * mask).sum() / n
+    var = (((x - mean) * mask) ** 2).sum() / (n - 1).clamp(min=1)  # unbiased, as verl's masked_var
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> torch.Tensor:
     """Per-token KL(pi || ref) estimate. k1 = logp - ref; k3 ("low_var_kl") = e^(ref-logp) - (ref-logp) - 1."""
     if kind == "k1":

@@ -137,6 +137,7 @@ class AlgorithmConfig:
     filter_groups: bool = False
     # PPO
     critic_lr: float = 1e-5
+    critic_warmup: int = 0  # PPO: the first N steps train only the critic (verl's trainer.critic_warmup)
     value_clip: float = 0.5
     gamma: float = 1.0
     lam: float = 1.0
@@ -326,6 +327,7 @@ def validate(cfg: DictConfig) -> None:
            "must be >= 1 (a cap below 1 would down-weight on-policy tokens)")
     _check(not cfg.algorithm.filter_groups or cfg.algorithm.name == "grpo", "algorithm.filter_groups",
            "only applies to grpo (groups of samples of one prompt)")
+    _check(cfg.algorithm.critic_warmup >= 0, "algorithm.critic_warmup", "must be >= 0 (steps)")
     _check(cfg.trainer.staleness >= 0, "trainer.staleness", "must be >= 0")
     _check(cfg.trainer.steps >= 1, "trainer.steps", "must be >= 1")
     _check(cfg.trainer.prompts_per_step >= 1, "trainer.prompts_per_step", "must be >= 1")

@@ -116,6 +116,19 @@ def copy_accuracy(model, tok, items, chat: bool) -> dict:
     return {"all": total[0] / max(1, total[1]), **{k: h[0] / max(1, h[1]) for k, h in hits.items()}, "n": total[1]}
 
 
+def warm_start(out: str, steps: int, seed: int = 0, progress=print, out_dir: Optional[str] = None) -> dict:
+    """The format warm start: SFT of OUT/policy_pre on the clean single-search demonstrations -> OUT/policy_warm."""
+    from transformers import AutoTokenizer
+
+    from .sft import encode_chat_example, sft_train
+
+    tok = AutoTokenizer.from_pretrained(f"{out}/world/tokenizer")
+    demos = [json.loads(line) for line in open(f"{out}/world/world/warmstart.jsonl")]
+    return sft_train(f"{out}/policy_pre", [encode_chat_example(tok, d["prompt"], d["response"]) for d in demos],
+                     tokenizer=tok, steps=steps, lr=1e-3, batch_size=8, warmup=20, seed=seed, threads=2,
+                     out_dir=out_dir or f"{out}/policy_warm", progress=progress, label="warm-start", log_every=100)
+
+
 def build_prior(out: str, pretrain_steps: int, warm_steps: int, seed: int = 0, progress=print,
                 induction_steps: int = 0) -> dict:
     """The policy's prior, three steps (zs_ray/prior_texts.py says why; README "Status and results" has the numbers):
@@ -126,7 +139,7 @@ def build_prior(out: str, pretrain_steps: int, warm_steps: int, seed: int = 0, p
     from transformers import AutoTokenizer
 
     from .prior_texts import PRETRAIN_SEPARATOR, fact_recall, induction_sequence
-    from .sft import encode_chat_example, encode_segments, encode_text_example, sft_train
+    from .sft import encode_segments, encode_text_example, sft_train
     from .world import WORDS
 
     tok = AutoTokenizer.from_pretrained(f"{out}/world/tokenizer")
@@ -145,10 +158,7 @@ def build_prior(out: str, pretrain_steps: int, warm_steps: int, seed: int = 0, p
     examples += [encode_segments(tok, segs) for t in texts for segs in fact_recall(rng, t)]
     pre = sft_train(model, examples, tokenizer=tok, steps=pretrain_steps, batch_size=8, out_dir=f"{out}/policy_pre",
                     label="pretrain", **opt)
-    demos = [json.loads(line) for line in open(f"{out}/world/world/warmstart.jsonl")]
-    warm = sft_train(f"{out}/policy_pre", [encode_chat_example(tok, d["prompt"], d["response"]) for d in demos],
-                     tokenizer=tok, steps=warm_steps, lr=1e-3, batch_size=8, warmup=20, seed=seed, threads=2,
-                     out_dir=f"{out}/policy_warm", progress=progress, label="warm-start", log_every=100)
+    warm = warm_start(out, warm_steps, seed, progress)
     items = copy_probe_items(f"{out}/world/world")
     copy = {"prior": copy_accuracy(pre["model"], tok, items, chat=False),
             "warm": copy_accuracy(warm["model"], tok, items, chat=True)}

@@ -14,7 +14,8 @@ from typing import Optional
 import torch
 
 from . import checkpoint as ckpt
-from .algorithms import gae, group_spread, grpo_advantages, ppo_token_rewards, reinforce_advantages, tied_groups
+from .algorithms import (gae, group_spread, grpo_advantages, masked_whiten, ppo_token_rewards, reinforce_advantages,
+                         tied_groups)
 from .batch import collate
 from .config import save_config
 from .curriculum import noise_probability
@@ -331,10 +332,12 @@ class Trainer:
             values = self.critic.compute_values(batch)
             ref_lp = batch.get("ref_logprobs", batch["old_logprobs"])
             tok_r = ppo_token_rewards(scores, batch["old_logprobs"], ref_lp, batch["loss_mask"], a.kl_in_reward_beta)
-            batch["advantages"], batch["returns"] = gae(tok_r, values, batch["loss_mask"], a.gamma, a.lam)
+            adv, batch["returns"] = gae(tok_r, values, batch["loss_mask"], a.gamma, a.lam)
+            batch["advantages"] = masked_whiten(adv, batch["loss_mask"])  # the critic learns from raw returns
             batch["values"] = values  # old values, for the clipped value loss
         # 4. update the policy (and critic)
-        stats = self.policy.update(batch)
+        # PPO's critic warm-up: the policy waits while the value function leaves its random start
+        stats = {} if self.critic is not None and self.step < a.critic_warmup else self.policy.update(batch)
         if self.critic is not None:
             stats.update({f"critic/{k}": v for k, v in self.critic.update_critic(batch).items()})
         return self._finish_step(trajs, fresh, batch, stats, stale_hist, ties, t_gen, t_reward,
