@@ -87,8 +87,8 @@ def gae(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """(x - mean) / std over the unmasked tokens of the batch; zero where mask is 0. PPO whitens its GAE
-    advantages so (as verl, the ZeroSearch reference, does): with an untrained critic the raw advantages R - V
-    have an arbitrary scale and sign, and the first updates then erase the policy's format."""
+    advantages so, as verl (the ZeroSearch reference) does: their scale then depends on neither the reward's
+    nor the critic's, whose values start untrained."""
     mask = mask.to(x.dtype)
     n = mask.sum().clamp(min=1)
     mean = (x * mask).sum() / n

@@ -8,7 +8,6 @@ the ZeroSearch policy evaluated without search. Held-out EM uses real BM25 searc
 from __future__ import annotations
 
 import csv
-import json
 import os
 import time
 
@@ -47,16 +46,7 @@ def _history(cfg, run_name: str, metrics=("em", "f1")) -> dict[str, list[tuple[i
 
 def _sft_baseline(out: str, warm: str, n_demos: int, seed: int, progress, out_dir: str) -> str:
     """More warm-start SFT from the warm start `warm`, as many demonstrations as RL samples trajectories."""
-    from transformers import AutoTokenizer
-
-    from .sft import encode_chat_example, sft_train
-
-    tok = AutoTokenizer.from_pretrained(warm)
-    demos = [json.loads(line) for line in open(f"{out}/world/world/warmstart.jsonl")]
-    exs = [encode_chat_example(tok, d["prompt"], d["response"]) for d in demos]
-    sft_train(warm, exs, tokenizer=tok, steps=max(1, n_demos // 8), lr=1e-3, batch_size=8,
-              warmup=1, seed=seed + 1, threads=2, out_dir=out_dir, progress=progress,
-              label="sft-baseline", log_every=100)
+    warm_start(out, max(1, n_demos // 8), seed + 1, progress, out_dir, base=warm, warmup=1, label="sft-baseline")
     return out_dir
 
 

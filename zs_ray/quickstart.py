@@ -116,17 +116,19 @@ def copy_accuracy(model, tok, items, chat: bool) -> dict:
     return {"all": total[0] / max(1, total[1]), **{k: h[0] / max(1, h[1]) for k, h in hits.items()}, "n": total[1]}
 
 
-def warm_start(out: str, steps: int, seed: int = 0, progress=print, out_dir: Optional[str] = None) -> dict:
-    """The format warm start: SFT of OUT/policy_pre on the clean single-search demonstrations -> OUT/policy_warm."""
+def warm_start(out: str, steps: int, seed: int = 0, progress=print, out_dir: Optional[str] = None,
+               base: Optional[str] = None, warmup: int = 20, label: str = "warm-start") -> dict:
+    """The format warm start: SFT of `base` (OUT/policy_pre) on the clean single-search demonstrations ->
+    `out_dir` (OUT/policy_warm). The table's equal-compute SFT row continues it from the warm start."""
     from transformers import AutoTokenizer
 
     from .sft import encode_chat_example, sft_train
 
     tok = AutoTokenizer.from_pretrained(f"{out}/world/tokenizer")
     demos = [json.loads(line) for line in open(f"{out}/world/world/warmstart.jsonl")]
-    return sft_train(f"{out}/policy_pre", [encode_chat_example(tok, d["prompt"], d["response"]) for d in demos],
-                     tokenizer=tok, steps=steps, lr=1e-3, batch_size=8, warmup=20, seed=seed, threads=2,
-                     out_dir=out_dir or f"{out}/policy_warm", progress=progress, label="warm-start", log_every=100)
+    return sft_train(base or f"{out}/policy_pre", [encode_chat_example(tok, d["prompt"], d["response"]) for d in demos],
+                     tokenizer=tok, steps=steps, lr=1e-3, batch_size=8, warmup=warmup, seed=seed, threads=2,
+                     out_dir=out_dir or f"{out}/policy_warm", progress=progress, label=label, log_every=100)
 
 
 def build_prior(out: str, pretrain_steps: int, warm_steps: int, seed: int = 0, progress=print,
