@@ -89,7 +89,7 @@ def run_table(out: str = "runs/quickstart", preset: str = "full", seed: int = 0,
         build_prior(out, b["pretrain_steps"], b["warm_steps"], seed, progress, b["induction_steps"])
         train_simulator(out, b["sim_steps"], cfg.simulator_sft.answer_weight, seed, progress)
     if not os.path.exists(f"{warm}/model.safetensors"):
-        warm_start(out, int(warm_steps), seed, progress, out_dir=warm)
+        warm_start(out, int(warm_steps or b["warm_steps"]), seed, progress, out_dir=warm)
     results, curves = {}, {}
     a = lambda s: s.get(AVERAGE) or next(iter(s.values()))  # noqa: E731
     progress("\n=== [table] prior + warm start")
