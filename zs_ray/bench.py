@@ -276,7 +276,6 @@ class Bench:
             "trainer.checkpoint_every=0", "trainer.sample_every=0", "trainer.eval_every=0",
             f"search.http_port={self.sim_cfg['http_port']}"] + list(self.overrides))
         tr = Trainer(cfg, progress=lambda *_: None)
-        ray = self.ray
 
         def segment(staleness: int, n: int):
             """n steps with this staleness (the Trainer.train loop); returns step intervals, metrics and the
@@ -287,11 +286,8 @@ class Bench:
                 while next_gen < end and may_launch(next_gen, tr.version, staleness):
                     inflight.append(tr._launch(next_gen))
                     next_gen += 1
-                job = inflight.popleft()  # (gen_step, refs, t_launch[, jobs for Trainer._collect])
-                t_launch = job[2]
-                trajs = (tr._collect(job[3]) if len(job) > 3 and hasattr(tr, "_collect")
-                         else [t for part in ray.get(job[1]) for t in part])
-                ms.append(tr.train_step(trajs, time.perf_counter() - t_launch))
+                _, _, t_launch, jobs = inflight.popleft()
+                ms.append(tr.train_step(tr.rollout.collect(jobs), time.perf_counter() - t_launch))
                 ends.append(time.perf_counter())
                 busy.append(cpu_busy_s())
             # the first step fills the pipeline: not counted

@@ -25,11 +25,6 @@ from .tracking import Tracker
 from .weight_sync import resolve_weight_sync
 
 log = logging.getLogger("zs_ray.trainer")
-MAX_ROLLOUT_RESTARTS = 3  # per rollout call: a worker that keeps dying is an error, not a loop
-
-
-class SyncError(RuntimeError):
-    pass
 
 
 class PolicyWorkerError(RuntimeError):
@@ -38,10 +33,9 @@ class PolicyWorkerError(RuntimeError):
 
 class Trainer:
     def __init__(self, cfg, progress=print):
-        import ray
-
-        from actors.worker_group import WorkerGroup
+        from actors.rollout_pool import RolloutPool
         from actors.rollout_worker import RolloutWorker
+        from actors.worker_group import WorkerGroup
 
         from .runtime import init_ray
 
@@ -75,17 +69,16 @@ class Trainer:
         self.eval_rows = (load_dataset_files(list(cfg.data.test_files), split="test")[: cfg.trainer.eval_rows]
                           if cfg.trainer.eval_every and cfg.data.test_files else [])
         eval_search = self._bm25_cfg()
-        # Kept so a dead rollout worker can be replaced by an identical one (_restart_rollout).
-        self._new_rollout = lambda i: RolloutWorker.options(**self.placement.rollout_options(i)).remote(  # noqa: E731
+        # The same arguments every time, so a dead rollout worker is replaced by an identical one.
+        new_rollout = lambda i: RolloutWorker.options(**self.placement.rollout_options(i)).remote(  # noqa: E731
             m.policy_path, _plain(cfg.rollout), self.search_cfg, i, cfg.trainer.seed, r.device,
             cfg.resources.threads_per_actor, eval_search)
-        self.rollout = [self._new_rollout(i) for i in range(r.rollout_workers)]
-        ray.get([w.ready.remote() for w in self.rollout], timeout=cfg.trainer.rollout_timeout_s)
-        # NCCL: the group forms now, so a setup problem shows before training; None = (re)build at the next sync.
-        self._sync_meta = self._init_nccl_group() if self.weight_sync == "nccl" else None
+        self.rollout = RolloutPool(new_rollout, r.rollout_workers, self.policy, self.weight_sync,
+                                   cfg.trainer.rollout_timeout_s, cfg.trainer.sync_timeout_s, progress,
+                                   self._await_rollout_bundle)
         log.info("weight sync: %s", self.weight_sync)
         self.tokenizer = _tokenizer(m.policy_path)
-        self.step, self.version, self.consumed, self.rollout_restarts = 0, 0, [], 0
+        self.step, self.version, self.consumed = 0, 0, []
         self._resume()
 
     # ---------------------------------------------------------------- set-up helpers
@@ -142,124 +135,20 @@ class Trainer:
                                self.cfg.trainer.seed, self.cfg.data.shuffle)
         rows = [self.rows[i] for i in idx]
         parts = [rows[w::len(self.rollout)] for w in range(len(self.rollout))]
-        jobs = self._submit(parts, (self.cfg.rollout.n_samples, gen_step, False, self.cfg.algorithm.reward))
-        return gen_step, [j[-1] for j in jobs], time.perf_counter(), jobs  # refs, then what _collect re-runs
+        jobs = self.rollout.submit(parts, (self.cfg.rollout.n_samples, gen_step, False, self.cfg.algorithm.reward))
+        return gen_step, [j[-1] for j in jobs], time.perf_counter(), jobs  # refs, then what collect re-runs
 
-    def _submit(self, parts: list, args: tuple) -> list:
-        """One rollout call per worker with a non-empty part: (worker index, handle, part, args, ref)."""
-        return [(i, self.rollout[i], p, args, self.rollout[i].rollout.remote(p, *args))
-                for i, p in enumerate(parts) if p]
-
-    def _collect(self, jobs: list) -> list[dict]:
-        """The trajectories of `_submit`'s calls, in order. A worker that died is replaced by a fresh one
-        holding the current weights, which re-runs exactly the lost part (same rows, step and seeds)."""
-        import ray
-
-        out = []
-        for i, handle, part, args, ref in jobs:
-            for attempt in range(MAX_ROLLOUT_RESTARTS + 1):
-                try:
-                    out.extend(ray.get(ref, timeout=self.cfg.trainer.rollout_timeout_s))
-                    break
-                except ray.exceptions.RayActorError as e:
-                    if attempt == MAX_ROLLOUT_RESTARTS:
-                        raise RuntimeError(f"rollout worker {i} died {attempt + 1} times in one call") from e
-                    if self.rollout[i] is handle:  # not replaced yet (by an earlier call's failure)
-                        self._restart_rollout(i, e)
-                    handle = self.rollout[i]
-                    ref = handle.rollout.remote(part, *args)
-        return out
-
-    def _restart_rollout(self, i: int, err: BaseException) -> None:
-        """Replace rollout worker i (same constructor args) and give it the current weights before it serves."""
-        import ray
-
-        self.rollout_restarts += 1
-        self.progress(f"[fault] rollout worker {i} died ({type(err).__name__}); restarting it at policy "
-                      f"version {self.version}")
-        log.warning("rollout worker %d died: %s", i, str(err).splitlines()[0] if str(err) else type(err).__name__)
-        try:
-            ray.kill(self.rollout[i])
-        except Exception:
-            pass
+    def _await_rollout_bundle(self) -> None:
+        """Before a rollout worker is replaced: after a node loss its bundle must be rescheduled first; this
+        names what is missing if it cannot be."""
         from .placement import wait_ready
 
-        # After a node loss the bundle must be rescheduled first; this names what is missing if it cannot be.
         wait_ready(self.placement.rollout, self.cfg.resources.placement_timeout_s, "rollout")
-        try:
-            w = self._new_rollout(i)
-            ray.get(w.ready.remote(), timeout=self.cfg.trainer.rollout_timeout_s)
-            ray.get(w.update_weights.remote(self.policy.state_dict_ref(), self.version),
-                    timeout=self.cfg.trainer.sync_timeout_s)
-        except ray.exceptions.RayActorError as e:  # not a policy-side death: say what really failed
-            raise RuntimeError(f"the replacement for rollout worker {i} died while starting: {e}") from None
-        self.rollout[i] = w
-        self._sync_meta = None  # (NCCL) the group lost a member: rebuilt with the replacement at the next sync
-
-    def _init_nccl_group(self) -> list:
-        """Policy rank 0 (group rank 0) and rollout worker i (rank 1 + i) form the NCCL weight-sync group at a
-        free port on rank 0's node; returns the (name, dtype, shape) list the receivers allocate from."""
-        import ray
-
-        timeout = self.cfg.trainer.sync_timeout_s
-        rank0, world = self.policy.workers[0], 1 + len(self.rollout)
-        node = ray.get(rank0.node_info.remote(), timeout=timeout)
-        host, port = node["ip"], node["port"]  # 127.0.0.1 on a local Ray; the node's IP in a cluster
-        meta = rank0.init_weight_sync.remote(host, port, world, timeout)
-        joins = [w.init_weight_sync.remote(host, port, 1 + i, world, timeout) for i, w in enumerate(self.rollout)]
-        try:
-            return _get_all([meta, *joins], timeout)[0]
-        except ray.exceptions.GetTimeoutError:
-            raise SyncError(f"the NCCL weight-sync group (policy rank 0 + {len(self.rollout)} rollout worker(s) at "
-                            f"{host}:{port}) did not form in {timeout:g} s (trainer.sync_timeout_s); "
-                            "rollout.weight_sync=object_store avoids NCCL") from None
-
-    def _sync_nccl(self, t: float) -> float:
-        """Receivers first (each blocks in its engine until rank 0 sends), then every policy rank: all of them
-        join the FSDP all-gather of each parameter, and rank 0 broadcasts it."""
-        import ray
-
-        if self._sync_meta is None:
-            self._sync_meta = self._init_nccl_group()
-        calls = [w.receive_weights.remote(self._sync_meta, self.version) for w in self.rollout]
-        calls += [w.broadcast_weights.remote() for w in self.policy.workers]
-        try:
-            _get_all(calls, self.cfg.trainer.sync_timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            raise SyncError(f"NCCL weight sync to {len(self.rollout)} rollout worker(s) did not finish in "
-                            f"{self.cfg.trainer.sync_timeout_s:g} s (trainer.sync_timeout_s)") from None
-        except ray.exceptions.RayActorError as e:
-            if getattr(e, "actor_id", None) not in {w._actor_id.hex() for w in self.rollout}:
-                raise  # a policy worker: train() reports it as PolicyWorkerError
-            # Unlike the object store path, a dead receiver cannot simply be replaced here: rank 0 may be stuck in
-            # a broadcast that member never joins.
-            raise SyncError("a rollout worker died during an NCCL weight sync; the group lost a member mid-"
-                            "broadcast, so the run stops. Resume with trainer.resume=auto (with "
-                            "rollout.weight_sync=object_store a worker dying here is restarted instead)") from e
-        return time.perf_counter() - t
 
     def sync_weights(self) -> float:
-        """Full weights to every rollout worker, tagged with the policy version: through the object store, or
-        broadcast by policy rank 0 over NCCL (rollout.weight_sync). A timeout is an error, not a hang.
-        Object store: a rollout worker found dead here is restarted (and gets the weights as it starts)."""
-        import ray
-
-        t = time.perf_counter()
-        if self.weight_sync == "nccl":
-            return self._sync_nccl(t)
-        ref = self.policy.state_dict_ref()
-        calls = [(i, w, w.update_weights.remote(ref, self.version)) for i, w in enumerate(self.rollout)]
-        try:
-            for i, w, r in calls:
-                try:
-                    ray.get(r, timeout=max(1.0, self.cfg.trainer.sync_timeout_s - (time.perf_counter() - t)))
-                except ray.exceptions.RayActorError as e:
-                    if self.rollout[i] is w:
-                        self._restart_rollout(i, e)
-        except ray.exceptions.GetTimeoutError:
-            raise SyncError(f"weight sync to {len(self.rollout)} rollout worker(s) did not finish in "
-                            f"{self.cfg.trainer.sync_timeout_s:g} s (trainer.sync_timeout_s)") from None
-        return time.perf_counter() - t
+        """Full weights to every rollout worker, tagged with the policy version (rollout.weight_sync: object
+        store or NCCL, actors/rollout_pool.py). A timeout is an error, not a hang."""
+        return self.rollout.sync(self.version)
 
     # ---------------------------------------------------------------- the loop
     def train(self) -> dict:
@@ -277,7 +166,7 @@ class Trainer:
                     next_gen += 1
                 gen_step, _refs, t_launch, jobs = inflight.popleft()
                 assert gen_step == self.step
-                trajs = self._collect(jobs)
+                trajs = self.rollout.collect(jobs)
                 t_gen = time.perf_counter() - t_launch
                 last = self.train_step(trajs, t_gen)
                 done = self.step - start_step
@@ -286,7 +175,7 @@ class Trainer:
                               f"em {last['reward/em']:.3f}  searches {last['rollout/searches']:.2f}  "
                               f"p_noise {last['curriculum/noise_p']:.3f}  {last['time/step']:.1f}s/step  "
                               f"eta {eta:.0f}s")
-        except ray.exceptions.RayActorError as e:  # rollout workers are restarted in _collect: a policy-side actor
+        except ray.exceptions.RayActorError as e:  # rollout workers are restarted by the pool: a policy-side actor
             self.tracker.finish("FAILED")
             raise PolicyWorkerError(f"{self._which_actor(e)} died at step {self.step}: the run stops. Resume from "
                                     f"the last checkpoint ({ckpt.latest(self.ckpt_root) or 'none yet'}) with "
@@ -376,7 +265,7 @@ class Trainer:
     def evaluate(self) -> dict:
         """Greedy rollouts on held-out rows with real search, spread over the rollout workers."""
         parts = [self.eval_rows[w::len(self.rollout)] for w in range(len(self.rollout))]
-        trajs = self._collect(self._submit(parts, (1, self.step, True, "em", True)))
+        trajs = self.rollout.collect(self.rollout.submit(parts, (1, self.step, True, "em", True)))
         n = max(len(trajs), 1)
         return {f"eval/{k}": sum(t["metrics"][k] for t in trajs) / n for k in ("em", "cover_em", "f1")} | {
             "eval/searches": sum(t["searches"] for t in trajs) / n}
@@ -395,7 +284,7 @@ class Trainer:
             "rollout/trajectories": len(trajs),
             "curriculum/noise_p": self.noise_p(self.step - 1),
             **search_call_metrics(trajs),
-            "faults/rollout_restarts": self.rollout_restarts,
+            "faults/rollout_restarts": self.rollout.restarts,
             "time/generation": t_gen, "time/search": sum(t.get("search_s", 0.0) for t in trajs) / n,
             "time/reward": t_reward, "time/update": t_update, "time/sync": t_sync,
             "throughput/gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
@@ -444,10 +333,7 @@ class Trainer:
         return "a policy worker"
 
     def shutdown(self) -> None:
-        import ray
-
-        for w in self.rollout:
-            ray.kill(w)
+        self.rollout.shutdown()
         for g in (self.policy, self.ref, self.critic):
             if g is not None:
                 g.shutdown()
@@ -459,20 +345,6 @@ def search_call_metrics(trajs: list[dict]) -> dict:
     calls = [c for t in trajs for c in t.get("search_calls", [])]
     n = max(len(calls), 1)
     return {f"search/{k}_fraction": sum(bool(c.get(k)) for c in calls) / n for k in ("noisy", "failed", "fallback", "shared")}
-
-
-def _get_all(refs: list, timeout: float) -> list:
-    """ray.get of every ref, except that an error raises as soon as it is known: in an NCCL group the other
-    members would wait for the failed one until the timeout, and hide the real error behind it."""
-    import ray
-
-    deadline, pending = time.perf_counter() + timeout, list(refs)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.perf_counter()))
-        if not ready:
-            raise ray.exceptions.GetTimeoutError(f"{len(pending)} call(s) not done after {timeout:g} s")
-        ray.get(ready)
-    return ray.get(refs)
 
 
 def _plain(node) -> dict:
