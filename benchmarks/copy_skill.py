@@ -112,7 +112,8 @@ def main(argv=None) -> None:
     from zs_ray.prior_texts import fact_recall, induction_sequence, pretrain_texts
     from zs_ray.quickstart import copy_accuracy, copy_probe_items
     from zs_ray.sft import _batches, encode_segments, encode_text_example
-    from zs_ray.world import WORDS, build_world_assets
+    from zs_ray.world import WORDS
+    from zs_ray.world_files import build_world_assets
 
     torch.set_num_threads(2)
     if not os.path.exists(f"{a.out}/world/policy/model.safetensors"):

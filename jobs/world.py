@@ -21,7 +21,7 @@ def main(argv):
             kw[k] = json.loads(v)
         except json.JSONDecodeError:
             kw[k] = v
-    from zs_ray.world import build_world, build_world_assets
+    from zs_ray.world_files import build_world, build_world_assets
 
     if a.no_models:
         paths = build_world(a.out, seed=a.seed, **kw)

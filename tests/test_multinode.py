@@ -61,7 +61,7 @@ def child(tmp: str) -> dict:
     from zs_ray import trainer as trainer_mod
     from zs_ray.config import load_config
     from zs_ray.placement import plan
-    from zs_ray.world import build_world_assets
+    from zs_ray.world_files import build_world_assets
 
     world, out = os.path.join(tmp, "world"), os.path.join(tmp, "out")
     build_world_assets(world, seed=0, n_entities=40, n_test_entities=8, n_pretrain=0)

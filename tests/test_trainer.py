@@ -9,7 +9,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory):
-    from zs_ray.world import build_world_assets
+    from zs_ray.world_files import build_world_assets
 
     out = str(tmp_path_factory.mktemp("world"))
     build_world_assets(out, seed=0, n_entities=40, n_test_entities=8, n_pretrain=0)

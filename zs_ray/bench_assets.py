@@ -36,7 +36,7 @@ def quickstart_models(out: str) -> dict:
 def prepare(work: str, p: dict, log=print, models: Optional[str] = None) -> dict:
     """The models the figures run: a quickstart's (`models`), else the bench's own small world + briefly SFT'd
     policy + fine-tuned simulator (cached: rebuilt only when missing)."""
-    from .world import build_world_assets
+    from .world_files import build_world_assets
 
     if models:
         return quickstart_models(os.path.abspath(models))
