@@ -1,6 +1,6 @@
 """`zs-ray simulator train CONFIG`: fine-tune the search simulator (zs_ray/simulator_sft.py).
 
-Reads the `simulator_sft` section (zs_ray.simulator_sft.SimulatorSFTConfig) and falls back to the
+Reads the `simulator_sft` section (zs_ray.config.SimulatorSFTConfig) and falls back to the
 run config: corpus <- search.corpus, questions <- data.train_files, base model <- a fresh tiny
 simulator on the tokenizer of model.policy_path. Writes <output_dir>/model (safetensors +
 tokenizer: point search.simulator_model at it), the SFT set and eval.json; prints and returns the
@@ -35,7 +35,9 @@ def main(cfg) -> dict:
         from zs_ray.config import load_config
         cfg = load_config(args[0], args[1:])
     from zs_ray.runtime import apply_local_env
-    from zs_ray.simulator_sft import SimulatorSFTConfig, load_rows, run
+    from zs_ray.config import SimulatorSFTConfig
+    from zs_ray.simulator_data import load_rows
+    from zs_ray.simulator_sft import run
 
     c = _plain(cfg)
     sft = SimulatorSFTConfig(**(c.get("simulator_sft") or {}))  # keys already checked by the schema

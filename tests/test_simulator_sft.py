@@ -13,6 +13,7 @@ import random
 
 import pytest
 
+from zs_ray import simulator_data as D
 from zs_ray import simulator_sft as S
 
 SYL = ["ka", "ro", "vi", "tel", "mun", "sa", "dor", "pe", "lin", "qua", "zen", "bo", "ri", "mas", "tu", "ge"]
@@ -45,7 +46,7 @@ def build_world(out_dir: str, n: int = 40, seed: int = 0):
 
 
 def keyword_query(question, rng):
-    return S.default_queries(question, rng)[:2]  # the question, and "capital X" (its content words)
+    return D.default_queries(question, rng)[:2]  # the question, and "capital X" (its content words)
 
 
 def _tiny_llama(tok_dir: str, out_dir: str) -> str:
@@ -75,8 +76,8 @@ def trained_simulator(base_dir: str) -> dict:
     # A tokenizer of this world: names become single tokens, sequences stay short (fast SFT).
     train_tokenizer((texts + [q["question"] for q in questions]) * 5, os.path.join(base_dir, "tok"), vocab_size=1000)
     base = _tiny_llama(os.path.join(base_dir, "tok"), os.path.join(base_dir, "base"))
-    pairs = S.pairs_from_corpus(BM25Index.build(corpus), questions, topk=K, query_fn=keyword_query)
-    rows = S.label_and_balance(pairs)
+    pairs = D.pairs_from_corpus(BM25Index.build(corpus), questions, topk=K, query_fn=keyword_query)
+    rows = D.label_and_balance(pairs)
     train = S.train_sft(base, rows, os.path.join(base_dir, "sft"), k=K, steps=300, batch_size=8, lr=1e-2,
                         warmup_steps=10, log_every=0)
     return dict(model=os.path.join(base_dir, "sft"), questions=questions, corpus=corpus, rows=rows, train=train)
@@ -90,43 +91,43 @@ def sft_sim(tmp_path_factory):
 # ---------------------------------------------------------------- fast, pure ----------------------
 
 def test_contains_answer_and_label():
-    assert S.contains_answer("The capital is Karova.", ["karova"])
-    assert not S.contains_answer("Karovan bread", ["karova"])  # word boundary
-    assert S.answer_in_docs_label("q", ["Paris"], ["x", "It is the Paris of the east"]) == S.USEFUL
-    assert S.answer_in_docs_label("q", ["Paris"], ["Lyon"]) == S.NOISY
-    judge = S.judge_labeller(lambda prompt: "Yes." if "Paris" in prompt else "no")
-    assert judge("q", ["x"], ["Paris"]) == S.USEFUL and judge("q", ["x"], ["Lyon"]) == S.NOISY
+    assert D.contains_answer("The capital is Karova.", ["karova"])
+    assert not D.contains_answer("Karovan bread", ["karova"])  # word boundary
+    assert D.answer_in_docs_label("q", ["Paris"], ["x", "It is the Paris of the east"]) == D.USEFUL
+    assert D.answer_in_docs_label("q", ["Paris"], ["Lyon"]) == D.NOISY
+    judge = D.judge_labeller(lambda prompt: "Yes." if "Paris" in prompt else "no")
+    assert judge("q", ["x"], ["Paris"]) == D.USEFUL and judge("q", ["x"], ["Lyon"]) == D.NOISY
 
 
 def test_default_queries_include_the_subject_first_form_the_policy_writes():
-    qs = S.default_queries("what is the year of ze vo?", random.Random(0))
+    qs = D.default_queries("what is the year of ze vo?", random.Random(0))
     assert qs[:3] == ["what is the year of ze vo?", "year ze vo", "ze vo year"]
 
 
 def test_states_answer_needs_the_asked_entity_and_relation_in_the_sentence():
     q, golds = "what is the birthplace of za pi?", ["pil kam"]
     right = ["za pi: za pi year is 4 0 0 7 . za pi birthplace is pil kam .", "pa pi: pa pi year is 3 9 ."]
-    assert S.states_answer(right, q, golds) and S.states_answer(right, "za pi birthplace", golds)
+    assert D.states_answer(right, q, golds) and D.states_answer(right, "za pi birthplace", golds)
     garbled = ["za pi: ga pi birthplace is pil kam . ga pi year is 4 0 0 7 ."]  # contains it, about another name
     other_relation = ["za pi: za pi school is pil kam . za pi birthplace is ter din ."]
     split = ["za pi: za pi birthplace is", "pil kam ."]  # not one sentence
     for docs in (garbled, other_relation, split):
-        assert S.contains_answer(" ".join(docs), golds) and not S.states_answer(docs, q, golds)
+        assert D.contains_answer(" ".join(docs), golds) and not D.states_answer(docs, q, golds)
 
 
 def test_lead_with_answer_ranks_documents_and_sentences():
     docs = ["ka ro: ka ro year is 1 2 . ka ro river is tel .", "vi sa: vi sa capital is mun . vi sa river is dor .",
             "no title here . the answer dor again ."]
-    out = S.lead_with_answer(docs, ["dor"])
+    out = D.lead_with_answer(docs, ["dor"])
     # answer-bearing documents first, in their retrieved order; the one without keeps its text
     assert out == ["vi sa: vi sa river is dor . vi sa capital is mun .", "the answer dor again . no title here .",
                    "ka ro: ka ro year is 1 2 . ka ro river is tel ."]
-    assert S.lead_with_answer(docs, ["nothing"]) == docs
+    assert D.lead_with_answer(docs, ["nothing"]) == docs
     pairs = [dict(query="q", question="q", golden_answers=["dor"], docs=docs),
              dict(query="q", question="q", golden_answers=["zzz"], docs=docs)]
-    useful = next(r for r in S.label_and_balance(pairs) if r["label"] == "useful")
+    useful = next(r for r in D.label_and_balance(pairs) if r["label"] == "useful")
     assert useful["docs"] == out
-    kept = next(r for r in S.label_and_balance(pairs, answer_first=False) if r["label"] == "useful")
+    kept = next(r for r in D.label_and_balance(pairs, answer_first=False) if r["label"] == "useful")
     assert kept["docs"] == docs
 
 
@@ -147,13 +148,13 @@ def test_answer_aware_pairs_give_multi_hop_questions_a_useful_result(tmp_path, m
                                  "kavo\nkavo is known for wool trade .", "dorpe\nThe birthplace of dorpe is sageri ."])
     q = [{"question": "What is the birthplace of the founder of kavo?", "golden_answers": ["telmun"]}]
     if not scan:  # a corpus over the scan limit: the answer-stating hits of a search for "question answer"
-        monkeypatch.setattr(S, "ANSWER_SCAN_LIMIT", 0)
-    plain = S.pairs_from_corpus(index, q, topk=2, answer_aware=False)
-    assert plain and not any(S.contains_answer(" ".join(p["docs"]), ["telmun"]) for p in plain)
-    aware = [p for p in S.pairs_from_corpus(index, q, topk=2) if p["source"] == "bm25_answer_aware"]
+        monkeypatch.setattr(D, "ANSWER_SCAN_LIMIT", 0)
+    plain = D.pairs_from_corpus(index, q, topk=2, answer_aware=False)
+    assert plain and not any(D.contains_answer(" ".join(p["docs"]), ["telmun"]) for p in plain)
+    aware = [p for p in D.pairs_from_corpus(index, q, topk=2) if p["source"] == "bm25_answer_aware"]
     assert len(aware) == 1 and aware[0]["query"] == q[0]["question"]
-    assert S.contains_answer(aware[0]["docs"][0], ["telmun"]) and len(aware[0]["docs"]) == 2
-    assert S.answer_in_docs_label(q[0]["question"], ["telmun"], aware[0]["docs"]) == S.USEFUL
+    assert D.contains_answer(aware[0]["docs"][0], ["telmun"]) and len(aware[0]["docs"]) == 2
+    assert D.answer_in_docs_label(q[0]["question"], ["telmun"], aware[0]["docs"]) == D.USEFUL
 
 
 def test_answer_aware_pairs_find_answers_bm25_cannot_search_for(tmp_path):
@@ -162,9 +163,9 @@ def test_answer_aware_pairs_find_answers_bm25_cannot_search_for(tmp_path):
     index = _index_of(tmp_path, ["kavo\nkavo founder is rimas . kavo year is 9 9 0 1 .",
                                  "rimas\nrimas year is 1 8 2 1 . rimas school is telmun .",
                                  "dorpe\ndorpe year is 1 8 2 2 ."])
-    assert S.passages_stating(index, ["1 8 2 1", "rimas", "absent"]) == {"1 8 2 1": [1], "rimas": [0, 1]}
+    assert D.passages_stating(index, ["1 8 2 1", "rimas", "absent"]) == {"1 8 2 1": [1], "rimas": [0, 1]}
     q = [{"question": "what is the year of the founder of kavo?", "golden_answers": ["1 8 2 1"]}]
-    aware = [p for p in S.pairs_from_corpus(index, q, topk=2) if p["source"] == "bm25_answer_aware"]
+    aware = [p for p in D.pairs_from_corpus(index, q, topk=2) if p["source"] == "bm25_answer_aware"]
     assert len(aware) == 1 and aware[0]["docs"][0].startswith("rimas: rimas year is 1 8 2 1")
     assert aware[0]["docs"][1].startswith("kavo:")  # the bridge passage: the question's best BM25 hit
 
@@ -177,23 +178,23 @@ def test_hop_aware_pairs_label_each_query_by_the_hop_it_asks(tmp_path):
                                  "dorpe\ndorpe year is 1 8 2 2 . dorpe founder is sageri ."])
     q = {"question": "what is the year of the founder of kavo?", "golden_answers": ["1 8 2 1"],
          "hops": [["kavo", "founder"], ["rimas", "year"]]}
-    assert S.hop_queries(q) == [("kavo founder", ["rimas"]), ("rimas year", ["1 8 2 1"])]
-    assert S.hop_queries({**q, "hops": [["kavo", "founder"]]}) == [] and S.hop_queries({"question": "x"}) == []
-    pairs = S.pairs_from_corpus(index, [q], topk=1, hop_aware=True)
+    assert D.hop_queries(q) == [("kavo founder", ["rimas"]), ("rimas year", ["1 8 2 1"])]
+    assert D.hop_queries({**q, "hops": [["kavo", "founder"]]}) == [] and D.hop_queries({"question": "x"}) == []
+    pairs = D.pairs_from_corpus(index, [q], topk=1, hop_aware=True)
     assert not any(p["source"] == "bm25_answer_aware" for p in pairs)
-    rows = [dict(p, label=S.answer_in_docs_label(p["question"], p["targets"], p["docs"])) for p in pairs]
+    rows = [dict(p, label=D.answer_in_docs_label(p["question"], p["targets"], p["docs"])) for p in pairs]
     top = {p["query"]: p for p in rows if p["source"] == "bm25"}
-    assert top["kavo founder"]["targets"] == ["rimas"] and top["kavo founder"]["label"] == S.USEFUL
-    assert top["rimas year"]["targets"] == ["1 8 2 1"] and top["rimas year"]["label"] == S.USEFUL
+    assert top["kavo founder"]["targets"] == ["rimas"] and top["kavo founder"]["label"] == D.USEFUL
+    assert top["rimas year"]["targets"] == ["1 8 2 1"] and top["rimas year"]["label"] == D.USEFUL
     assert top[q["question"]]["targets"] == ["rimas"] and top[q["question"]]["docs"][0].startswith("kavo")
-    assert top[q["question"]]["label"] == S.USEFUL  # real search's first result names the bridge
+    assert top[q["question"]]["label"] == D.USEFUL  # real search's first result names the bridge
     assert all(r["golden_answers"] == ["1 8 2 1"] for r in rows)  # the simulator's prompt keeps the final answer
     # without hop_aware the same first-hop documents are noisy (no final answer) and the answer-aware pair is back
-    plain = S.pairs_from_corpus(index, [q], topk=1)
+    plain = D.pairs_from_corpus(index, [q], topk=1)
     assert any(p["source"] == "bm25_answer_aware" for p in plain)
     assert all("targets" not in p or p["targets"] == ["1 8 2 1"] for p in plain)
-    balanced = S.label_and_balance(pairs, seed=0)
-    assert all(S.contains_answer(" ".join(r["docs"]), r["targets"]) == (r["label"] == S.USEFUL) for r in balanced)
+    balanced = D.label_and_balance(pairs, seed=0)
+    assert all(D.contains_answer(" ".join(r["docs"]), r["targets"]) == (r["label"] == D.USEFUL) for r in balanced)
 
 
 def test_pairs_from_trajectories_keep_own_question():
@@ -201,9 +202,9 @@ def test_pairs_from_trajectories_keep_own_question():
                                                                           {"query": "y", "docs": []}]},
              {"question": "Q2", "reward_model": {"ground_truth": {"target": ["a2"]}},
               "search_calls": [{"query": "z", "docs": ["nothing"]}]}]
-    pairs = S.pairs_from_trajectories(trajs)
+    pairs = D.pairs_from_trajectories(trajs)
     assert [(p["query"], p["question"], p["golden_answers"]) for p in pairs] == [("x", "Q1", ["a1"]), ("z", "Q2", ["a2"])]
-    rows = S.label_and_balance(pairs)
+    rows = D.label_and_balance(pairs)
     assert sorted(r["label"] for r in rows) == ["noisy", "useful"]
 
 
@@ -212,16 +213,16 @@ def test_balance_and_dataset_roundtrip(tmp_path):
 
     corpus, questions, _ = build_world(str(tmp_path / "w"), n=12)
     from zs_ray.retrieval import BM25Index
-    pairs = S.pairs_from_corpus(BM25Index.build(corpus), questions, topk=K)
-    rows = S.label_and_balance(pairs)
+    pairs = D.pairs_from_corpus(BM25Index.build(corpus), questions, topk=K)
+    rows = D.label_and_balance(pairs)
     n_useful = sum(r["label"] == "useful" for r in rows)
     assert n_useful == len(rows) // 2 and n_useful > 0
-    assert all(S.contains_answer(" ".join(r["docs"]), r["golden_answers"]) == (r["label"] == "useful") for r in rows)
-    path = S.write_sft_set(rows, str(tmp_path / "sft.parquet"))
+    assert all(D.contains_answer(" ".join(r["docs"]), r["golden_answers"]) == (r["label"] == "useful") for r in rows)
+    path = D.write_sft_set(rows, str(tmp_path / "sft.parquet"))
     back = datasets.load_dataset("parquet", data_files=path, split="train")
     assert len(back) == len(rows) and set(back.column_names) >= {"query", "question", "docs", "label"}
     with pytest.raises(ValueError, match="one class is empty"):
-        S.label_and_balance([p for p in pairs if S.contains_answer(" ".join(p["docs"]), p["golden_answers"])])
+        D.label_and_balance([p for p in pairs if D.contains_answer(" ".join(p["docs"]), p["golden_answers"])])
 
 
 def test_sft_example_masks_prompt_and_weights_the_answer(tiny_assets):

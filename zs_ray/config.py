@@ -204,9 +204,9 @@ class SimulatorSFTConfig:
     max_questions: Optional[int] = None
     heldout_frac: float = 0.1
     max_doc_words: int = 30
-    answer_first: bool = True  # useful targets lead with the answer (simulator_sft.lead_with_answer)
+    answer_first: bool = True  # useful targets lead with the answer (simulator_data.lead_with_answer)
     answer_aware: bool = True  # + a pair per question led by the passages stating its answer (multi-hop useful results)
-    hop_aware: bool = False  # questions with `hops`: label each query by the hop it asks (simulator_sft.pairs_from_corpus)
+    hop_aware: bool = False  # questions with `hops`: label each query by the hop it asks (simulator_data.pairs_from_corpus)
     answer_weight: float = 1.0  # loss weight of the tokens that copy the answer into useful documents (1 = plain SFT)
     steps: int = 300
     batch_size: int = 16
@@ -390,17 +390,6 @@ def redacted(cfg: DictConfig | dict) -> dict:
             return [walk(v) for v in x]
         return x
     return walk(d)
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def save_config(cfg: DictConfig, path: str) -> None:
