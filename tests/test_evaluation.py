@@ -13,8 +13,8 @@ import pytest
 
 from conftest import shared_path
 from zs_ray.engine import Generation
-from zs_ray.evaluation import (AVERAGE, aggregate, baseline_row, evaluate_rows, markdown_table, run_evaluation,
-                               score_record, select_rows, write_csv)
+from zs_ray.eval_report import AVERAGE, aggregate, markdown_table, write_csv
+from zs_ray.evaluation import baseline_row, evaluate_rows, run_evaluation, score_record, select_rows
 from zs_ray.protocol import STOP_STRINGS, normalize_question
 
 BAMBOOGLE = ("qa", "flashrag_format", "bamboogle_test.jsonl")

@@ -66,11 +66,12 @@ def run_table(out: str = "runs/quickstart", preset: str = "full", seed: int = 0,
             raise ValueError(f"{key} must be >= 1, got {v}")
     from omegaconf import OmegaConf
 
-    from .evaluation import AVERAGE, run_evaluation
+    from .eval_report import AVERAGE
+    from .evaluation import run_evaluation
     from .search import NoSearch
     from .trainer import run as train
     from .tracking import Tracker
-    from .world import build_world_assets
+    from .world_files import build_world_assets
 
     out, b, t0 = os.path.abspath(out), PRESETS[preset], time.perf_counter()
     steps = int(rl_steps if rl_steps is not None else b["rl_steps"])

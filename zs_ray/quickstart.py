@@ -84,7 +84,7 @@ def copy_probe_items(world_dir: str, n: int = 100, split: str = "test") -> list[
     passage in), each response cut right after the final "<think> NAME ATTR is". Built once per probe set:
     it retrieves with BM25 over the whole corpus."""
     from .prior_texts import warmstart_demos
-    from .world import load_world
+    from .world_files import load_world
 
     items = []
     for q, prompt, segs in warmstart_demos(load_world(world_dir), split, with_segments=True)[:n]:
@@ -214,7 +214,7 @@ def evaluate(cfg, model_path: str, max_rows: int, name: str, mode: str = "agent"
 
 
 def run(out: str = "runs/quickstart", preset: str = "full", seed: int = 0, overrides=None, progress=print) -> dict:
-    from .world import build_world_assets
+    from .world_files import build_world_assets
 
     out = os.path.abspath(out)
     b = PRESETS[preset]
@@ -250,7 +250,7 @@ def run(out: str = "runs/quickstart", preset: str = "full", seed: int = 0, overr
 def results_table(rows: dict[str, dict]) -> str:
     lines = ["| row | held-out EM | cover-EM | F1 | searches/question |", "|---|---|---|---|---|"]
     for name, summ in rows.items():
-        from .evaluation import AVERAGE
+        from .eval_report import AVERAGE
 
         a = summ.get(AVERAGE) or next(iter(summ.values()))
         lines.append(f"| {name} | {100 * a['em']:.1f} | {100 * a['cover_em']:.1f} | {100 * a['f1']:.1f} | "
