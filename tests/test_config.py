@@ -2,7 +2,8 @@
 import pytest
 import yaml
 
-from zs_ray.config import ConfigError, flatten, load_config, redacted, save_config, to_dict
+from zs_ray.config import ConfigError, load_config, redacted, save_config, to_dict
+from zs_ray.tracking import flatten
 
 REQ = ["model.policy_path=x", "search.simulator_model=sim"]
 

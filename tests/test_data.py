@@ -1,12 +1,11 @@
-"""zs_ray.data: real Search-R1 / FlashRAG files, validation errors, prompt ids, sampler resume."""
+"""zs_ray.data: real Search-R1 / FlashRAG files, validation errors, prompt ids."""
 import json
-import os
 
 import pytest
 from conftest import shared_path
 
 from zs_ray import protocol
-from zs_ray.data import (DataError, PromptSampler, golds_of, load_dataset_files, load_rows,
+from zs_ray.data import (DataError, golds_of, load_dataset_files, load_rows,
                          names_from_path, question_of, write_searchr1_parquet)
 
 NQ_PARQUET = ("searchr1_format", "nq_search_test.parquet")
@@ -186,69 +185,3 @@ def test_not_parquet_missing_and_unknown(tmp_path):
     bad_json.write_text(json.dumps(GOOD) + "\n{oops\n")
     with pytest.raises(DataError, match="line 2"):
         load_rows(str(bad_json))
-
-
-# ---- PromptSampler -------------------------------------------------------------------------
-
-def _rows(n):
-    return [{"prompt_id": f"s/train/{i}", "i": i} for i in range(n)]
-
-
-def _ids(batch):
-    return [r["prompt_id"] for r in batch]
-
-
-def test_sampler_deterministic_and_covers_each_epoch():
-    a, b = PromptSampler(_rows(10), seed=3), PromptSampler(list(reversed(_rows(10))), seed=3)
-    seq_a = [_ids(a.next_batch(5)) for _ in range(4)]
-    seq_b = [_ids(b.next_batch(5)) for _ in range(4)]
-    assert seq_a == seq_b  # input order does not matter
-    assert sorted(seq_a[0] + seq_a[1]) == sorted(_ids(_rows(10)))
-    assert seq_a[:2] != seq_a[2:]  # reshuffled per epoch
-    assert _ids(PromptSampler(_rows(10), seed=4).next_batch(10)) != seq_a[0] + seq_a[1]
-
-
-@pytest.mark.parametrize("k,n", [(2, 4), (3, 4), (5, 3), (0, 7)])
-def test_sampler_resume_matches_uninterrupted(k, n):
-    rows = _rows(10)
-    ref = PromptSampler(rows, seed=7)
-    full = [_ids(ref.next_batch(n)) for _ in range(k + 8)]
-
-    first = PromptSampler(rows, seed=7)
-    for _ in range(k):
-        first.next_batch(n)
-    state = json.loads(json.dumps(first.state()))  # survives a checkpoint file
-    resumed = PromptSampler(rows, seed=7)
-    resumed.load_state(state)
-    assert [_ids(resumed.next_batch(n)) for _ in range(8)] == full[k:]
-
-
-def test_sampler_epoch_boundary_no_duplicates_nothing_lost():
-    s = PromptSampler(_rows(10), seed=1)
-    batches = [_ids(s.next_batch(4)) for _ in range(10)]  # 40 prompts = exactly 4 epochs
-    for b in batches:
-        assert len(set(b)) == 4  # a GRPO batch never holds a prompt twice
-    flat = [p for b in batches for p in b]
-    assert all(flat.count(p) == 4 for p in set(flat))
-    assert s.epoch == 4 and s.position == 0
-
-
-def test_sampler_state_checks():
-    s = PromptSampler(_rows(10), seed=1)
-    s.next_batch(3)
-    st = s.state()
-    assert st["epoch"] == 0 and st["position"] == 3 and len(st["consumed"]) == 3
-    with pytest.raises(ValueError):
-        PromptSampler(_rows(11), seed=1).load_state(st)
-    with pytest.raises(ValueError):
-        PromptSampler(_rows(10), seed=2).load_state(st)
-    with pytest.raises(ValueError):
-        s.next_batch(11)
-
-
-def test_sampler_on_real_rows():
-    rows = load_rows(shared_path(*BAMBOOGLE))
-    s = PromptSampler(rows, seed=0)
-    seen = [r["prompt_id"] for _ in range(5) for r in s.next_batch(25)]
-    assert sorted(seen) == sorted(r["prompt_id"] for r in rows)
-    assert os.path.basename(shared_path(*BAMBOOGLE)) == "bamboogle_test.jsonl"

@@ -1,4 +1,5 @@
-"""QA data: load and validate Search-R1/ZeroSearch parquet or FlashRAG jsonl, sample prompts.
+"""QA data: load and validate Search-R1/ZeroSearch parquet or FlashRAG jsonl (which prompts a training step
+takes: zs_ray/schedule.py).
 
 Row format (DESIGN.md §2, the Search-R1/ZeroSearch parquet): `data_source`, `prompt` (chat list),
 `ability`, `reward_model.ground_truth.target` (list of str), `extra_info{split, index}`, plus
@@ -13,12 +14,10 @@ Pure Python (pyarrow for parquet): no Ray.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any, Iterable, Optional, Sequence
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -324,84 +323,3 @@ def write_searchr1_parquet(rows: Iterable[dict], path: str) -> None:
     table = pa.Table.from_pylist([{c: r.get(c) for c in cols} for r in rows])
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     pq.write_table(table, path)
-
-
-# ---- prompt sampling ----------------------------------------------------------------------
-
-class PromptSampler:
-    """Deterministic epoch-wise shuffled prompts with exact resume.
-
-    The order of epoch e is a permutation (seed, e) of the rows sorted by prompt id, so it does
-    not depend on file order. A batch never holds a prompt twice (GRPO groups are keyed by prompt
-    id): at an epoch boundary the batch is filled from the next epoch, skipping prompts already
-    in it, which stay pending in that epoch. The state is (seed, epoch, consumed prompt ids of the
-    current epoch); the rest of the sequence follows from it, so a resumed run repeats nothing
-    and skips nothing.
-    """
-
-    def __init__(self, rows: Sequence[dict], seed: int = 0, shuffle: bool = True):
-        if not rows:
-            raise ValueError("PromptSampler needs at least one row")
-        self.rows = sorted(rows, key=lambda r: r["prompt_id"])
-        ids = [r["prompt_id"] for r in self.rows]
-        if len(set(ids)) != len(ids):
-            raise ValueError("PromptSampler rows must have unique prompt ids")
-        self._index = {pid: i for i, pid in enumerate(ids)}
-        self.seed, self.shuffle = int(seed), bool(shuffle)
-        self.fingerprint = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
-        self._set_epoch(0)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def _set_epoch(self, epoch: int, consumed: Iterable[int] = ()) -> None:
-        self.epoch = epoch
-        n = len(self.rows)
-        if self.shuffle:
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(n).tolist()
-        else:
-            self._order = list(range(n))
-        self._consumed = set(consumed)
-
-    @property
-    def position(self) -> int:
-        """Prompts consumed in the current epoch."""
-        return len(self._consumed)
-
-    def next_batch(self, n: int) -> list[dict]:
-        if not 0 < n <= len(self.rows):
-            raise ValueError(f"batch size {n} must be in 1..{len(self.rows)} (no prompt twice per batch)")
-        picked: list[int] = []
-        in_batch: set[int] = set()
-        for _ in range(3):  # at most one epoch boundary per batch since n <= len(rows)
-            for i in self._order:
-                if len(picked) == n:
-                    break
-                if i not in self._consumed and i not in in_batch:
-                    picked.append(i), in_batch.add(i), self._consumed.add(i)
-            if len(self._consumed) == len(self.rows):
-                self._set_epoch(self.epoch + 1)
-            if len(picked) == n:
-                return [self.rows[i] for i in picked]
-        raise RuntimeError("PromptSampler could not fill a batch")  # unreachable by the argument above
-
-    def state(self) -> dict:
-        """JSON-serialisable; consumed ids are listed in consumption order of the epoch's permutation."""
-        consumed = [self.rows[i]["prompt_id"] for i in self._order if i in self._consumed]
-        return {"seed": self.seed, "shuffle": self.shuffle, "epoch": self.epoch,
-                "position": self.position, "consumed": consumed, "n_rows": len(self.rows),
-                "fingerprint": self.fingerprint}
-
-    def load_state(self, state: dict) -> None:
-        if state.get("fingerprint") != self.fingerprint or state.get("n_rows") != len(self.rows):
-            raise ValueError("sampler state belongs to a different set of prompts "
-                             f"(fingerprint {state.get('fingerprint')} != {self.fingerprint})")
-        if int(state["seed"]) != self.seed or bool(state.get("shuffle", True)) != self.shuffle:
-            raise ValueError(f"sampler state has seed/shuffle {state['seed']}/{state.get('shuffle')}, "
-                             f"this sampler {self.seed}/{self.shuffle}")
-        unknown = [p for p in state["consumed"] if p not in self._index]
-        if unknown:
-            raise ValueError(f"sampler state names unknown prompt ids, e.g. {unknown[:3]}")
-        self._set_epoch(int(state["epoch"]), (self._index[p] for p in state["consumed"]))
-        if self.position != int(state["position"]):
-            raise ValueError("sampler state: position does not match the consumed ids")

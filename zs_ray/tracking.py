@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import flatten, redacted
+from .config import redacted
 
 log = logging.getLogger("zs_ray.tracking")
 
@@ -112,3 +112,15 @@ class Tracker:
         if self.failures:
             return f"MLflow: {self.failures} tracking call(s) FAILED (see the first warning); run {self.run_id} is incomplete"
         return f"MLflow: run {self.run_id} at {self.uri} (open with: mlflow ui --backend-store-uri {self.uri} --host 127.0.0.1)"
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dict -> {'a.b.c': value} (MLflow params are flat)."""
+    out: dict = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
