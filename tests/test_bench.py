@@ -42,6 +42,28 @@ def test_cpu_busy_counts_a_busy_loop():
     assert cpu_busy_s() - b0 >= 0.25
 
 
+def test_cpu_by_process_names_whose_work_it_is():
+    """Figure 2's per-process split: this process's busy loop lands on `driver`, a child's on its kind."""
+    import subprocess
+    import sys
+    import time
+
+    from zs_ray.bench import cpu_by_process
+
+    code = "import time\nt = time.perf_counter()\nwhile time.perf_counter() - t < 30: pass  # RolloutWorker"
+    a = cpu_by_process()
+    child = subprocess.Popen([sys.executable, "-c", code])
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 0.5:
+        pass
+    time.sleep(1.0)
+    b = cpu_by_process()  # while the child runs: an exited process's CPU time is not counted
+    child.kill()
+    child.wait()
+    assert b["driver"] - a.get("driver", 0.0) >= 0.2
+    assert b.get("RolloutWorker", 0.0) - a.get("RolloutWorker", 0.0) >= 0.2
+
+
 def test_models_from_a_quickstart_output(tmp_path):
     """`--models DIR` runs the figures on a quickstart's models; an unfinished output is refused by name."""
     import pytest

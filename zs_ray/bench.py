@@ -46,6 +46,27 @@ def cpu_busy_s() -> float:
     return sum(t) - sum(getattr(t, k, 0.0) for k in ("idle", "iowait", "steal", "guest", "guest_nice"))
 
 
+# Process kinds by a word of their command line (Ray names actor processes "ray::<Class>...").
+PROCESS_KINDS = ("PolicyWorker", "RolloutWorker", "ServeReplica", "EngineCore", "raylet", "gcs_server")
+
+
+def cpu_by_process() -> dict[str, float]:
+    """CPU seconds so far of this user's processes, summed per kind (PROCESS_KINDS, `driver` = this process,
+    `other`): says which of a step's busy core-seconds are whose. Processes that exit in between are lost."""
+    import psutil
+
+    out: dict[str, float] = {}
+    me, uid = os.getpid(), os.getuid()
+    for pr in psutil.process_iter(["cmdline", "uids", "cpu_times"]):
+        info = pr.info
+        if not info.get("cpu_times") or (info.get("uids") and info["uids"].real != uid):
+            continue
+        cmd = " ".join(info.get("cmdline") or [])
+        kind = "driver" if pr.pid == me else next((k for k in PROCESS_KINDS if k in cmd), "other")
+        out[kind] = out.get(kind, 0.0) + info["cpu_times"].user + info["cpu_times"].system
+    return out
+
+
 def _load(name: str):
     """A module from benchmarks/ (not a package), to reuse the other benchmark scripts' code."""
     spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(REPO, "benchmarks", f"{name}.py"))
@@ -276,12 +297,13 @@ class Bench:
             "trainer.checkpoint_every=0", "trainer.sample_every=0", "trainer.eval_every=0",
             f"search.http_port={self.sim_cfg['http_port']}"] + list(self.overrides))
         tr = Trainer(cfg, progress=lambda *_: None)
+        by_kind: dict[int, dict[str, list[float]]] = {0: {}, 1: {}}  # staleness -> process kind -> core-s per step
 
         def segment(staleness: int, n: int):
             """n steps with this staleness (the Trainer.train loop); returns step intervals, metrics and the
             machine's busy CPU core-seconds in each interval."""
             tr.cfg.trainer.staleness = staleness
-            end, inflight, next_gen, ends, ms, busy = tr.step + n, collections.deque(), tr.step, [], [], []
+            end, inflight, next_gen, ends, ms, busy, procs = tr.step + n, collections.deque(), tr.step, [], [], [], []
             while tr.step < end:
                 while next_gen < end and may_launch(next_gen, tr.version, staleness):
                     inflight.append(tr._launch(next_gen))
@@ -290,7 +312,11 @@ class Bench:
                 ms.append(tr.train_step(tr.rollout.collect(jobs), time.perf_counter() - t_launch))
                 ends.append(time.perf_counter())
                 busy.append(cpu_busy_s())
+                procs.append(cpu_by_process())
             # the first step fills the pipeline: not counted
+            for a, b in zip(procs, procs[1:]):
+                for k in b:
+                    by_kind[staleness].setdefault(k, []).append(b[k] - a.get(k, 0.0))
             return [b - a for a, b in zip(ends, ends[1:])], ms, [b - a for a, b in zip(busy, busy[1:])]
         try:
             segment(0, 1)  # warm-up
@@ -312,6 +338,11 @@ class Bench:
         self.details["time/sync s"] = [round(x, 3) for x in sync]
         self.details["busy CPU core-s per step (staleness 1, 0)"] = [[round(x, 2) for x in cpu[1]],
                                                                      [round(x, 2) for x in cpu[0]]]
+        # Which processes spend them: a kind that is busy at staleness 0 while it waits (polling) is work that
+        # overlapping can save; without such waste the floor of the step time is the busy core-s over the cores.
+        self.details["busy CPU core-s per step by process (staleness 1, 0)"] = {
+            k: [round(statistics.median(by_kind[st][k]), 2) if by_kind[st].get(k) else 0.0 for st in (1, 0)]
+            for k in sorted(set(by_kind[0]) | set(by_kind[1]))}
         cores = os.cpu_count() or 1
         use = [statistics.median(c / (cores * t) for c, t in zip(cpu[k], s)) for k, s in ((1, s1), (0, s0))]
         c1, c0, cr = paired(cpu[1], cpu[0])
