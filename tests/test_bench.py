@@ -34,7 +34,7 @@ def test_cpu_busy_counts_a_busy_loop():
     (other jobs on the machine only add to it, so the check is one-sided)."""
     import time
 
-    from zs_ray.bench import cpu_busy_s
+    from zs_ray.bench_assets import cpu_busy_s
 
     b0, t0 = cpu_busy_s(), time.perf_counter()
     while time.perf_counter() - t0 < 0.5:
@@ -48,7 +48,7 @@ def test_cpu_by_process_names_whose_work_it_is():
     import sys
     import time
 
-    from zs_ray.bench import cpu_by_process
+    from zs_ray.bench_assets import cpu_by_process
 
     code = "import time\nt = time.perf_counter()\nwhile time.perf_counter() - t < 30: pass  # RolloutWorker"
     a = cpu_by_process()

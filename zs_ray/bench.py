@@ -23,7 +23,7 @@ import statistics
 import time
 from typing import Optional
 
-from .bench_assets import measure_quickstart, prepare
+from .bench_assets import cpu_busy_s, cpu_by_process, measure_quickstart, prepare
 from .bench_report import Row, log_mlflow, machine, markdown, paired, table, write_section
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
@@ -35,36 +35,6 @@ PRESETS = {
     "full": dict(entities=200, policy_sft=150, sim_sft=200, prompts=16, reps=5, scale_reps=3, steps=4, stale_reps=3,
                  seq_calls=32, quickstart="full", quickstart_timeout_s=1800, models_from_quickstart=True),
 }
-
-
-def cpu_busy_s() -> float:
-    """The machine's busy CPU time so far, summed over cores (s): not idle, iowait or steal (the hypervisor's);
-    guest time is already inside user time on Linux."""
-    import psutil
-
-    t = psutil.cpu_times()
-    return sum(t) - sum(getattr(t, k, 0.0) for k in ("idle", "iowait", "steal", "guest", "guest_nice"))
-
-
-# Process kinds by a word of their command line (Ray names actor processes "ray::<Class>...").
-PROCESS_KINDS = ("PolicyWorker", "RolloutWorker", "ServeReplica", "EngineCore", "raylet", "gcs_server")
-
-
-def cpu_by_process() -> dict[str, float]:
-    """CPU seconds so far of this user's processes, summed per kind (PROCESS_KINDS, `driver` = this process,
-    `other`): says which of a step's busy core-seconds are whose. Processes that exit in between are lost."""
-    import psutil
-
-    out: dict[str, float] = {}
-    me, uid = os.getpid(), os.getuid()
-    for pr in psutil.process_iter(["cmdline", "uids", "cpu_times"]):
-        info = pr.info
-        if not info.get("cpu_times") or (info.get("uids") and info["uids"].real != uid):
-            continue
-        cmd = " ".join(info.get("cmdline") or [])
-        kind = "driver" if pr.pid == me else next((k for k in PROCESS_KINDS if k in cmd), "other")
-        out[kind] = out.get(kind, 0.0) + info["cpu_times"].user + info["cpu_times"].system
-    return out
 
 
 def _load(name: str):

@@ -6,6 +6,7 @@ warm-started policy with the copy prior, fine-tuned simulator: the models the me
 a small world, a policy briefly SFT'd on its warmstart.jsonl (it searches, but has no copy prior, so its GRPO
 groups rarely repeat a query) and a simulator fine-tuned on BM25 documents, cached under the work dir.
 Figure 5 (`measure_quickstart`): the quickstart in a child process, RSS of its whole process tree.
+CPU accounting (figures 2 and 6): the machine's busy core-seconds, and whose they are.
 """
 from __future__ import annotations
 
@@ -17,6 +18,37 @@ import time
 from typing import Optional
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+
+
+# ------------------------------------------------------------------ CPU accounting
+def cpu_busy_s() -> float:
+    """The machine's busy CPU time so far, summed over cores (s): not idle, iowait or steal (the hypervisor's);
+    guest time is already inside user time on Linux."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(t) - sum(getattr(t, k, 0.0) for k in ("idle", "iowait", "steal", "guest", "guest_nice"))
+
+
+# Process kinds by a word of their command line (Ray names actor processes "ray::<Class>...").
+PROCESS_KINDS = ("PolicyWorker", "RolloutWorker", "ServeReplica", "EngineCore", "raylet", "gcs_server")
+
+
+def cpu_by_process() -> dict[str, float]:
+    """CPU seconds so far of this user's processes, summed per kind (PROCESS_KINDS, `driver` = this process,
+    `other`): says which of a step's busy core-seconds are whose. Processes that exit in between are lost."""
+    import psutil
+
+    out: dict[str, float] = {}
+    me, uid = os.getpid(), os.getuid()
+    for pr in psutil.process_iter(["cmdline", "uids", "cpu_times"]):
+        info = pr.info
+        if not info.get("cpu_times") or (info.get("uids") and info["uids"].real != uid):
+            continue
+        cmd = " ".join(info.get("cmdline") or [])
+        kind = "driver" if pr.pid == me else next((k for k in PROCESS_KINDS if k in cmd), "other")
+        out[kind] = out.get(kind, 0.0) + info["cpu_times"].user + info["cpu_times"].system
+    return out
 
 
 # ------------------------------------------------------------------ assets
