@@ -278,7 +278,7 @@ class Bench:
                 while next_gen < end and may_launch(next_gen, tr.version, staleness):
                     inflight.append(tr._launch(next_gen))
                     next_gen += 1
-                _, _, t_launch, jobs = inflight.popleft()
+                _, t_launch, jobs = inflight.popleft()
                 ms.append(tr.train_step(tr.rollout.collect(jobs), time.perf_counter() - t_launch))
                 ends.append(time.perf_counter())
                 busy.append(cpu_busy_s())

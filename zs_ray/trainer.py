@@ -130,13 +130,14 @@ class Trainer:
 
     # ---------------------------------------------------------------- rollout and sync
     def _launch(self, gen_step: int):
-        """Start the rollouts of one future step; all samples of a prompt go to one worker."""
+        """Start the rollouts of one future step; all samples of a prompt go to one worker.
+        Returns (step, launch time, the jobs `self.rollout.collect` waits for)."""
         idx = prompts_for_step(len(self.rows), gen_step, self.cfg.trainer.prompts_per_step,
                                self.cfg.trainer.seed, self.cfg.data.shuffle)
         rows = [self.rows[i] for i in idx]
         parts = [rows[w::len(self.rollout)] for w in range(len(self.rollout))]
         jobs = self.rollout.submit(parts, (self.cfg.rollout.n_samples, gen_step, False, self.cfg.algorithm.reward))
-        return gen_step, [j[-1] for j in jobs], time.perf_counter(), jobs  # refs, then what collect re-runs
+        return gen_step, time.perf_counter(), jobs
 
     def _await_rollout_bundle(self) -> None:
         """Before a rollout worker is replaced: after a node loss its bundle must be rescheduled first; this
@@ -164,7 +165,7 @@ class Trainer:
                 while next_gen < cfg.trainer.steps and may_launch(next_gen, self.version, cfg.trainer.staleness):
                     inflight.append(self._launch(next_gen))
                     next_gen += 1
-                gen_step, _refs, t_launch, jobs = inflight.popleft()
+                gen_step, t_launch, jobs = inflight.popleft()
                 assert gen_step == self.step
                 trajs = self.rollout.collect(jobs)
                 t_gen = time.perf_counter() - t_launch
