@@ -15,6 +15,15 @@ def test_step_batches_are_a_function_of_the_step():
     assert prompts_for_step(37, 2, 8, seed=2) != a[2]
 
 
+def test_no_step_holds_a_row_twice_across_an_epoch_boundary():
+    for n, per, seed in [(10, 4, 3), (37, 8, 1), (50, 16, 0), (23, 7, 5), (16, 8, 2), (101, 40, 9)]:
+        steps = [prompts_for_step(n, s, per, seed) for s in range(6 * n // per + 1)]
+        assert all(len(set(b)) == per for b in steps), (n, per, seed)
+        seq = [i for b in steps for i in b]
+        for e in range(len(seq) // n):  # each epoch is still a permutation: none twice, none skipped
+            assert sorted(seq[e * n:(e + 1) * n]) == list(range(n)), (n, per, seed, e)
+
+
 def test_staleness_rule():
     assert may_train(5, 5, 0) and not may_train(4, 5, 0)
     assert may_train(4, 5, 1) and not may_train(3, 5, 1)

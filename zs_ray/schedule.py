@@ -1,7 +1,8 @@
 """Which prompts each step trains on, and the staleness rule. Pure functions, no state.
 
 Prompt order: step j takes positions [j*P, (j+1)*P) of an endless sequence of epochs; epoch e is
-a permutation of all rows seeded by (seed, e). Because the batch of a step is a function of the
+a permutation of all rows seeded by (seed, e), adjusted so that the step straddling two epochs holds no row
+twice (`epoch_order`). Because the batch of a step is a function of the
 step alone, a resumed run consumes exactly the prompts an uninterrupted run would: none twice,
 none skipped, whatever was in flight when the driver died.
 
@@ -17,10 +18,30 @@ from __future__ import annotations
 import random
 
 
-def epoch_order(n_rows: int, epoch: int, seed: int, shuffle: bool = True) -> list[int]:
+def _permutation(n_rows: int, epoch: int, seed: int, shuffle: bool) -> list[int]:
     order = list(range(n_rows))
     if shuffle:
         random.Random(f"{seed}/epoch/{epoch}").shuffle(order)
+    return order
+
+
+def epoch_order(n_rows: int, epoch: int, seed: int, shuffle: bool = True, per_step: int = 1) -> list[int]:
+    """Epoch `epoch`'s permutation. When a step straddles the epoch boundary (it takes the last r rows of the
+    previous epoch and the first per_step - r of this one), rows it already took are swapped behind it, so no
+    step holds a row twice (given n_rows >= 2 * per_step; with fewer rows some step must). Swap targets lie
+    outside the last rows the next epoch's straddling step reads, so every epoch's tail is its plain
+    permutation and no epoch depends on another's adjustment."""
+    order = _permutation(n_rows, epoch, seed, shuffle)
+    r = epoch * n_rows % per_step
+    if epoch == 0 or r == 0 or n_rows < 2 * per_step:
+        return order
+    taken = set(_permutation(n_rows, epoch - 1, seed, shuffle)[n_rows - r:])
+    head, stop = per_step - r, n_rows - (epoch + 1) * n_rows % per_step
+    free = (j for j in range(head, stop) if order[j] not in taken)
+    for i in range(head):
+        if order[i] in taken:
+            j = next(free)
+            order[i], order[j] = order[j], order[i]
     return order
 
 
@@ -31,7 +52,7 @@ def prompts_for_step(n_rows: int, step: int, per_step: int, seed: int, shuffle: 
     for pos in range(step * per_step, (step + 1) * per_step):
         epoch, i = divmod(pos, n_rows)
         if epoch not in cache:
-            cache[epoch] = epoch_order(n_rows, epoch, seed, shuffle)
+            cache[epoch] = epoch_order(n_rows, epoch, seed, shuffle, per_step)
         out.append(cache[epoch][i])
     return out
 
