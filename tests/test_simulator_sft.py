@@ -270,7 +270,7 @@ def test_sft_copies_the_answer_for_held_out_questions(tmp_path):
     over split seeds 0/1 and two runs (93 % at lr 3e-3, 90 % at 1e-2, 69 % after 8,000 steps: the copy
     emerges, then memorisation wins), noisy 0-2 %; with 24 countries and 300 steps 0 %. The bar is 85 %
     so that this run-to-run spread cannot fail it; the issue's 90 % is checked where it is stated, in the
-    quickstart's job on the CPU default world (98 %, README)."""
+    quickstart's job on the CPU default world (98 %, docs/experiments.md)."""
     from zs_ray.tiny_models import train_tokenizer
 
     corpus, questions, texts = build_world(str(tmp_path / "world"), n=400)

@@ -129,7 +129,7 @@ def behaviour_weights(prox_logp, behav_logp, mask, cap: float = 2.0, mode: str =
     bounded: mode "truncate" uses min(w, cap) (truncated importance sampling, Yao et al. 2025); mode "mask"
     drops tokens with w > cap (AReaL's behav_imp_weight_cap). Without it a stale batch is trained as if
     on-policy. Measured at staleness 1 on the CPU default: w stayed within 0.986-1.003 per step, a no-op
-    (README); it matters for larger staleness or an engine whose numerics differ from the trainer's.
+    (docs/experiments.md); it matters for larger staleness or an engine whose numerics differ from the trainer's.
     pi_behav is the engine's raw log-prob (before top-p), so the nucleus renormalisation is not corrected.
     Returns (w [B, T], zero where mask is 0; the fraction of policy tokens over the cap).
     """
@@ -241,7 +241,7 @@ def lr_factor(step: int, warmup_steps: int = 0, total_steps: int = 0, schedule: 
     cosine from 1 down to `min_ratio` at `total_steps` (and `min_ratio` after it).
 
     Why a decay: at a constant lr high enough to learn fast (5e-4 on the CPU default) the tiny policy learned
-    fastest and then lost the answer format in six steps. Measured (README): cosine from 5e-4 stayed stable but
+    fastest and then lost the answer format in six steps. Measured (docs/experiments.md): cosine from 5e-4 stayed stable but
     ended below a constant 3e-4, so the default stays constant, as in the paper.
     """
     if warmup_steps > 0 and step < warmup_steps:

@@ -1,7 +1,7 @@
 """The text of the policy's prior (DESIGN.md §4, LEARNING_NOTES): warm-start demonstrations, copy drills
 on throwaway worlds, and the two copy tasks that come before the drills.
 
-Why the copy tasks (measured, README "Status and results"): a tiny model trained from scratch on drills
+Why the copy tasks (measured, docs/experiments.md): a tiny model trained from scratch on drills
 alone never learns to copy a value out of the documents within minutes. Content-addressed copying comes
 in two steps that each have a clean training signal of their own:
 1. `induction_sequence`: a sequence of *distinct* tokens, then the same sequence again (loss on the

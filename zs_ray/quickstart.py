@@ -133,7 +133,7 @@ def warm_start(out: str, steps: int, seed: int = 0, progress=print, out_dir: Opt
 
 def build_prior(out: str, pretrain_steps: int, warm_steps: int, seed: int = 0, progress=print,
                 induction_steps: int = 0) -> dict:
-    """The policy's prior, three steps (zs_ray/prior_texts.py says why; README "Status and results" has the numbers):
+    """The policy's prior, three steps (zs_ray/prior_texts.py says why; docs/experiments.md has the numbers):
     an induction head on clean repeats, then copy drills mixed with shuffled fact recall, then the format warm start.
     """
     import random
@@ -155,7 +155,7 @@ def build_prior(out: str, pretrain_steps: int, warm_steps: int, seed: int = 0, p
     texts = [t for t in open(f"{out}/world/world/pretrain.txt").read().split(PRETRAIN_SEPARATOR) if t.strip()]
     # The drills' documents are context, not targets (as in RL): their values are random, so learning to predict
     # them only adds noise; masked, the loss is on the turns and recall answers that copy out of them. Held-out copy
-    # accuracy after the warm start, 3,000 drill steps: 15 % -> 42 % / 35 % (seeds 0 / 1; session 9, README).
+    # accuracy after the warm start, 3,000 drill steps: 15 % -> 42 % / 35 % (seeds 0 / 1; session 9, docs/experiments.md).
     examples = [encode_text_example(tok, t, mask_information=True) for t in texts]
     examples += [encode_segments(tok, segs) for t in texts for segs in fact_recall(rng, t)]
     pre = sft_train(model, examples, tokenizer=tok, steps=pretrain_steps, batch_size=8, out_dir=f"{out}/policy_pre",

@@ -28,7 +28,7 @@ def contains_answer(text: str, golds: Sequence[str]) -> bool:
 def states_answer(docs: Sequence[str], query: str, golds: Sequence[str]) -> bool:
     """One sentence holds a gold answer AND every content word of the query: the answer stated about what
     was asked. `contains_answer` alone passes "za pi: ga pi birthplace is X" for "za pi birthplace" (the
-    2-layer simulator garbles names and values; BENCHMARKS/README: 96 % contain, ~58 % state). A question
+    2-layer simulator garbles names and values; BENCHMARKS, docs/experiments.md: 96 % contain, ~58 % state). A question
     asked whole about a chain (two hops) has no such sentence: read it on one-hop queries."""
     need = set(normalize_answer(query).split()) - _STOP
     bodies = [d.split(": ", 1)[1] if ": " in d else d for d in docs]  # the "Title: " names no fact
@@ -93,7 +93,7 @@ def default_queries(question: str, rng: random.Random) -> list[str]:
     first moved last (the subject first: "ze vo year" for "what is the year of ze vo?", the form the
     warm-started policy writes), and a partial keyword query. Without the subject-first form the simulator
     met that query out of distribution and stated the asked fact in 58 % of its useful results, against
-    94 % for the question (README, session 15)."""
+    94 % for the question (docs/experiments.md, session 15)."""
     q = question.strip()
     words = [w for w in re.findall(r"\w+", q) if w.lower() not in _STOP]
     out = [q]
@@ -147,7 +147,7 @@ def pairs_from_corpus(index, questions: Sequence[dict], topk: int = 5, depth: in
     themselves ("entity attribute", `hop_queries`) are added, and a question-derived query counts as the
     first hop (what real search returns for it); such rows get no answer-aware pair. Why: with answer-aware
     pairs the simulator put the final answer into 90 % of whole-question results and the bridge entity into
-    0 % of first-hop results, so on it one search was enough and the policy stopped chaining (README)."""
+    0 % of first-hop results, so on it one search was enough and the policy stopped chaining (docs/experiments.md)."""
     rng = random.Random(seed)
     jobs, single = [], []  # (row, query, what makes its documents useful); rows without hops
     for row in questions:
