@@ -241,8 +241,8 @@ def lr_factor(step: int, warmup_steps: int = 0, total_steps: int = 0, schedule: 
     cosine from 1 down to `min_ratio` at `total_steps` (and `min_ratio` after it).
 
     Why a decay: at a constant lr high enough to learn fast (5e-4 on the CPU default) the tiny policy learned
-    fastest and then lost the answer format in six steps. Measured (docs/experiments.md): cosine from 5e-4 stayed stable but
-    ended below a constant 3e-4, so the default stays constant, as in the paper.
+    fastest and then lost the answer format in six steps. Measured (docs/experiments.md): cosine from 5e-4
+    stayed stable but ended below a constant 3e-4, so the default stays constant, as in the paper.
     """
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps

@@ -155,7 +155,8 @@ def build_prior(out: str, pretrain_steps: int, warm_steps: int, seed: int = 0, p
     texts = [t for t in open(f"{out}/world/world/pretrain.txt").read().split(PRETRAIN_SEPARATOR) if t.strip()]
     # The drills' documents are context, not targets (as in RL): their values are random, so learning to predict
     # them only adds noise; masked, the loss is on the turns and recall answers that copy out of them. Held-out copy
-    # accuracy after the warm start, 3,000 drill steps: 15 % -> 42 % / 35 % (seeds 0 / 1; session 9, docs/experiments.md).
+    # accuracy after the warm start, 3,000 drill steps: 15 % -> 42 % / 35 % (seeds 0 / 1; session 9,
+    # docs/experiments.md).
     examples = [encode_text_example(tok, t, mask_information=True) for t in texts]
     examples += [encode_segments(tok, segs) for t in texts for segs in fact_recall(rng, t)]
     pre = sft_train(model, examples, tokenizer=tok, steps=pretrain_steps, batch_size=8, out_dir=f"{out}/policy_pre",
