@@ -242,6 +242,10 @@ def test_sft_example_masks_prompt_and_weights_the_answer(tiny_assets):
     heavy = [i for i, w in zip(ids, weights) if w == 5.0]
     assert tok.decode(heavy).split() == "1 8 2 1".split()  # the copied answer, nothing else
     assert weights.count(1.0) == len(ids) - weights.count(0.0) - len(heavy)
+    # A hop-aware first-hop row: its documents name the bridge entity (its `targets`), not the final answer.
+    hop = dict(useful, golden_answers=["tul mir"], targets=["ga po"], docs=["lo ke: lo ke founder is ga po .", "x"])
+    ids, weights = S.sft_example(tok, hop, k=2, answer_weight=5.0)
+    assert tok.decode([i for i, w in zip(ids, weights) if w == 5.0]).split() == ["ga", "po"]
 
 
 # ---------------------------------------------------------------- a real short fine-tune ----------

@@ -52,9 +52,10 @@ def encode_prompt(tokenizer, user_text: str) -> list[int]:
 def sft_example(tokenizer, row: dict, k: int, max_doc_words: int = 30,
                 answer_weight: float = 1.0) -> tuple[list[int], list[float]]:
     """(input_ids, loss weights): 0 on the prompt, 1 on the documents, `answer_weight` on the tokens
-    that copy the gold answer into them. Why: they are ~4 of ~130 target tokens, so plain SFT spends the
-    2-layer CPU simulator on the rest; with weight 10 it wrote a held-out year into useful documents for
-    98-100 % of one-hop year questions instead of 22-30 % (names: 99 % either way)."""
+    that spell what answers the query (the row's `targets`: the gold answer, or with `hop_aware` the next
+    hop's entity). Why: they are ~4 of ~130 target tokens, so plain SFT spends the 2-layer CPU simulator on
+    the rest; with weight 10 it wrote a held-out year into useful documents for 98-100 % of one-hop year
+    questions instead of 22-30 % (names: 99 % either way)."""
     prompt = simulator_prompt("simulate_sft", row["query"], row["question"], row["golden_answers"][0],
                               noisy=row["label"] == NOISY, k=k)
     docs = [" ".join(str(d).split()[:max_doc_words]) for d in row["docs"][:k]]
@@ -63,7 +64,7 @@ def sft_example(tokenizer, row: dict, k: int, max_doc_words: int = 30,
     from .sft import Example, upweight  # torch: only where the SFT set is encoded
 
     ex = upweight(tokenizer, Example(p_ids + t_ids, [0.0] * len(p_ids) + [1.0] * len(t_ids)),
-                  row["golden_answers"], answer_weight)
+                  list(row.get("targets") or row["golden_answers"]), answer_weight)
     return ex.ids, ex.mask
 
 
