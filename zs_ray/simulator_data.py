@@ -120,6 +120,11 @@ def passages_stating(index, answers: Iterable[str]) -> dict[str, list[int]]:
     return out
 
 
+def targets_of(row: dict) -> list[str]:
+    """What answers a pair's query: its `targets` (set by `hop_aware`: the next hop's entity), else the gold answers."""
+    return list(row.get("targets") or row["golden_answers"])
+
+
 def hop_queries(row: dict) -> list[tuple[str, list[str]]]:
     """(query, what answers it) per hop of a multi-hop row with `hops` [[entity, attribute], ...] (the
     world's questions.jsonl): hop i asks "entity attribute" and is answered by the next hop's entity, the
@@ -214,7 +219,7 @@ def label_and_balance(pairs: Sequence[dict], labeller: Labeller = answer_in_docs
     its query; the gold answers unless set, as by `hop_aware`) decide usefulness."""
     by = {USEFUL: [], NOISY: []}
     for p in pairs:
-        targets = list(p.get("targets") or p["golden_answers"])
+        targets = targets_of(p)
         lab = labeller(p["question"], targets, p["docs"])
         if lab not in by:
             raise ValueError(f"labeller returned {lab!r}; expected {USEFUL!r} or {NOISY!r}")

@@ -30,7 +30,7 @@ from .data import golds_of
 from .protocol import render_documents
 from .simulator_data import (NOISY, Labeller, answer_in_docs_label, contains_answer, label_and_balance,
                              pairs_from_corpus, pairs_from_trajectories, split_questions, states_answer,
-                             write_sft_set)
+                             targets_of, write_sft_set)
 from .simulator_prompts import simulator_prompt
 
 
@@ -64,7 +64,7 @@ def sft_example(tokenizer, row: dict, k: int, max_doc_words: int = 30,
     from .sft import Example, upweight  # torch: only where the SFT set is encoded
 
     ex = upweight(tokenizer, Example(p_ids + t_ids, [0.0] * len(p_ids) + [1.0] * len(t_ids)),
-                  list(row.get("targets") or row["golden_answers"]), answer_weight)
+                  targets_of(row), answer_weight)
     return ex.ids, ex.mask
 
 
