@@ -210,6 +210,35 @@ def test_behaviour_correction_in_the_worker_loss(hf_ref, vocab):
                               {**algo, "behaviour_correction": "truncate"})
 
 
+def test_loss_without_old_logprobs_is_the_on_policy_loss(hf_ref, vocab):
+    """The trainer sends no old_logprobs with one optimiser step per batch: the loss then equals, in value and
+    gradient, the loss with old_logprobs = this model's own log-probs, and still reports the engine gap."""
+    from actors.policy_worker import _ALGO_DEFAULTS
+    from zs_ray.algorithms import actor_microbatch_loss, token_logprobs
+
+    b = make_batch(vocab, n=3, seed=7)
+    n = int(b["loss_mask"].sum())
+    b["ref_logprobs"] = -torch.rand(b["input_ids"].shape, generator=torch.Generator().manual_seed(1)) * 5
+    algo = {**_ALGO_DEFAULTS, **ALGO}
+    grads, stats = [], []
+    for with_old in (True, False):
+        logits = hf_ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        logits.retain_grad()
+        mb = dict(b, old_logprobs=token_logprobs(logits, b["input_ids"]).detach()) if with_old else dict(b)
+        loss, s = actor_microbatch_loss(logits, mb, n, algo)
+        loss.backward()
+        grads.append(logits.grad.clone())
+        stats.append(s)
+        hf_ref.zero_grad(set_to_none=True)
+    assert torch.allclose(grads[0], grads[1], atol=1e-7) and grads[0].abs().sum() > 0
+    assert stats[0]["loss"].item() == pytest.approx(stats[1]["loss"].item(), abs=1e-7)
+    with torch.no_grad():
+        own = token_logprobs(hf_ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+                             b["input_ids"])
+    gap = ((b["rollout_logprobs"] - own).abs() * b["loss_mask"]).sum() / n
+    assert stats[1]["logprob_gap"].item() == pytest.approx(gap.item(), rel=1e-5) and gap > 0
+
+
 def test_masked_positions_do_not_change_the_update(groups, vocab):
     """End to end through Ray + FSDP: garbage at masked positions leaves the trained weights bit-identical."""
     g2 = groups["g2"]

@@ -216,6 +216,8 @@ def actor_microbatch_loss(logits: torch.Tensor, mb: dict, n_tokens: int, algo: d
     if w is not None:  # global token-means once summed over micro-batches and ranks
         stats["behav_weight"] = w.sum() / max(n_tokens, 1)
         stats["behav_over_cap"] = over * share
+    if "rollout_logprobs" in mb:  # |log pi_behav - log pi_prox| on the trained tokens (a global mean once summed)
+        stats["logprob_gap"] = ((mb["rollout_logprobs"] - old).abs() * mb["loss_mask"]).sum() / max(n_tokens, 1)
     if ent is None:  # for the stats only
         with torch.no_grad():
             stats["entropy"] = (token_entropy(logits) * mb["loss_mask"]).sum() / max(n_tokens, 1)

@@ -211,9 +211,13 @@ class Trainer:
         elif a.name == "reinforce":
             batch["advantages"] = reinforce_advantages(scores)
         t_reward = time.perf_counter() - t0
-        # 3. log-probs of the current (proximal) policy and of the frozen reference
+        # 3. log-probs of the frozen reference (the KL anchor) and, for PPO's KL-in-reward, of the current policy.
+        # Otherwise no forward pass for old_logprobs: with one optimiser step per batch the weights do not move
+        # before the batch's last gradient, so the loss's default (the detached current log-probs) is the same
+        # numbers; with algorithm.epochs > 1 the policy workers compute them before the first epoch.
         t1 = time.perf_counter()
-        batch["old_logprobs"] = self.policy.compute_logprobs(batch)
+        if a.name == "ppo":
+            batch["old_logprobs"] = self.policy.compute_logprobs(batch)
         if self.colocated_ref:
             batch["ref_logprobs"] = self.policy.compute_logprobs(batch, reference=True)
         elif self.ref is not None:
@@ -241,7 +245,7 @@ class Trainer:
         self.step += 1
         self.consumed.extend(sorted({t["prompt_id"] for t in trajs}))
         # 6. log and checkpoint
-        metrics = self._metrics(fresh, batch, stats, stale_hist, t_gen, t_reward, t_update, t_sync)
+        metrics = self._metrics(fresh, stats, stale_hist, t_gen, t_reward, t_update, t_sync)
         metrics.update(ties)  # groups whose rewards all tie: no GRPO gradient
         metrics["batch/trained"] = 0 if batch is None else int(batch["input_ids"].shape[0])
         metrics["time/step"] = t_gen + t_reward + t_update + (time.perf_counter() - t0)
@@ -271,7 +275,7 @@ class Trainer:
         return {f"eval/{k}": sum(t["metrics"][k] for t in trajs) / n for k in ("em", "cover_em", "f1")} | {
             "eval/searches": sum(t["searches"] for t in trajs) / n}
 
-    def _metrics(self, trajs, batch, stats, stale_hist, t_gen, t_reward, t_update, t_sync) -> dict:
+    def _metrics(self, trajs, stats, stale_hist, t_gen, t_reward, t_update, t_sync) -> dict:
         n = max(len(trajs), 1)
         gen_tokens = float(sum(sum(t["loss_mask"]) if t.get("loss_mask") is not None else len(t["response_ids"])
                                for t in trajs))
@@ -291,10 +295,9 @@ class Trainer:
             "throughput/gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
             "policy/version": self.version,
         }
-        if batch is not None:  # the trained tokens: |log pi_behav - log pi_prox|
-            mask = batch["loss_mask"]
-            m["rollout/logprob_gap"] = float(((batch["rollout_logprobs"] - batch["old_logprobs"]).abs() * mask).sum()
-                                             / mask.sum().clamp(min=1))
+        stats = dict(stats)
+        if "logprob_gap" in stats:  # the trained tokens' |log pi_behav - log pi_prox|, from the policy's loss
+            m["rollout/logprob_gap"] = float(stats.pop("logprob_gap"))
         for k, v in stale_hist.items():
             m[f"staleness/{k}"] = v
         m.update({f"actor/{k}": float(v) for k, v in stats.items()})
