@@ -260,6 +260,28 @@ def test_masked_positions_do_not_change_the_update(groups, vocab):
     assert all(torch.equal(clean[k], dirty[k]) for k in clean)
 
 
+def test_several_epochs_fix_old_logprobs_before_the_first(ray_session, groups, tiny_assets, vocab):
+    """algorithm.epochs = 2 without old_logprobs (as the trainer sends a GRPO batch): the workers compute them
+    before the first epoch, so the update is the one given them explicitly, and the second epoch's ratio moves."""
+    from actors.worker_group import WorkerGroup
+
+    g = WorkerGroup(2, tiny_assets["model"], {**ALGO, "epochs": 2, "warmup_steps": 0}, MODEL, role="actor",
+                    resources={"cpus": 0.5})
+    try:
+        b = make_batch(vocab, n=5, seed=8)
+        g.load_checkpoint(groups["init"])
+        given = g.update(dict(b, old_logprobs=g.compute_logprobs(b)))
+        after_given = g.full_state_dict()
+        g.load_checkpoint(groups["init"])
+        own = g.update(b)
+        after_own = g.full_state_dict()
+    finally:
+        g.shutdown()
+    assert all(torch.equal(after_given[k], after_own[k]) for k in after_given)
+    assert own["step"] == 2 and own["pg_loss"] == pytest.approx(given["pg_loss"], abs=1e-7)
+    assert own["logprob_gap"] > 0  # the engine's (fixed -1.0) against the fixed pre-update log-probs
+
+
 def test_ppo_critic_and_reinforce_updates_are_finite(ray_session, groups, tiny_assets, vocab):
     from actors.worker_group import WorkerGroup
 
