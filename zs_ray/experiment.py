@@ -19,7 +19,7 @@ RL_ROWS = {
     "GRPO + simulate_sft + curriculum": [],
     "GRPO + simulate_prompt + curriculum": ["search.backend=simulate_prompt", "search.simulator_model={out}/policy_pre"],
     "GRPO + simulate_sft, no curriculum": ["curriculum.enabled=false"],
-    # PPO at GRPO's lr (3e-4) lost the format within 8 policy updates in every variant measured
+    # PPO at 3e-4 lost the format within 8 policy updates in every variant measured
     # (docs/experiments.md); at 1e-4, with the critic trained alone for its first 10 steps, it stays stable
     "PPO + simulate_sft + curriculum": ["algorithm.name=ppo", "algorithm.lr=1e-4", "algorithm.critic_lr=1e-4",
                                         "algorithm.critic_warmup=10"],
