@@ -262,7 +262,7 @@ def test_masked_positions_do_not_change_the_update(groups, vocab):
 
 def test_several_epochs_fix_old_logprobs_before_the_first(ray_session, groups, tiny_assets, vocab):
     """algorithm.epochs = 2 without old_logprobs (as the trainer sends a GRPO batch): the workers compute them
-    before the first epoch, so the update is the one given them explicitly, and the second epoch's ratio moves."""
+    before the first epoch (not again before the second), so the update is the one given them explicitly."""
     from actors.worker_group import WorkerGroup
 
     g = WorkerGroup(2, tiny_assets["model"], {**ALGO, "epochs": 2, "warmup_steps": 0}, MODEL, role="actor",
