@@ -84,7 +84,9 @@ class RolloutPool:
             w = self.make(i)
             ray.get(w.ready.remote(), timeout=self.rollout_timeout_s)
             ray.get(w.update_weights.remote(self.policy.state_dict_ref(), self.version), timeout=self.sync_timeout_s)
-        except ray.exceptions.RayActorError as e:  # not a policy-side death: say what really failed
+        except ray.exceptions.RayActorError as e:
+            if not died_itself(e, w):  # the policy worker holding the weights: the trainer says so
+                raise
             raise RuntimeError(f"the replacement for rollout worker {i} died while starting: {e}") from None
         self.workers[i] = w
         self._meta = None  # (NCCL) the group lost a member: rebuilt with the replacement at the next sync
@@ -103,6 +105,8 @@ class RolloutPool:
                 try:
                     ray.get(r, timeout=max(1.0, self.sync_timeout_s - (time.perf_counter() - t)))
                 except ray.exceptions.RayActorError as e:
+                    if not died_itself(e, w):  # the weights' producer, a policy worker: not ours to restart
+                        raise
                     if self.workers[i] is w:
                         self.restart(i, e)
         except ray.exceptions.GetTimeoutError:
@@ -163,3 +167,11 @@ def get_all(refs: list, timeout: float) -> list:
             raise ray.exceptions.GetTimeoutError(f"{len(pending)} call(s) not done after {timeout:g} s")
         ray.get(ready)
     return ray.get(refs)
+
+
+def died_itself(err: ray.exceptions.RayActorError, handle) -> bool:
+    """Whether the actor an error names is `handle`'s. A call whose argument came from an actor that died (the
+    policy worker whose state dict a weight sync passes) raises the same error type on the caller's side, but
+    names the producer: restarting the rollout worker would not help, and the trainer reports the real one."""
+    dead = getattr(err, "actor_id", None)
+    return dead is None or dead == handle._actor_id.hex()

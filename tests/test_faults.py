@@ -239,6 +239,30 @@ def test_policy_worker_killed_stops_clearly_then_resumes(ray_session, small_worl
 
 
 # ---------------------------------------------------------------- 4. driver SIGKILLed between checkpoints
+@pytest.mark.integration
+def test_policy_worker_dead_at_weight_sync_is_reported_as_the_policy(ray_session, small_world, tmp_path):  # noqa: F811
+    """The policy worker dies as a sync starts (measured: a native crash in full_state_dict): the rollout worker's
+    update_weights fails on its argument. That is the policy's death, not the rollout worker's: no restart."""
+    from zs_ray.trainer import PolicyWorkerError, Trainer
+
+    tr = Trainer(make_cfg(small_world, str(tmp_path), "trainer.steps=3", "trainer.checkpoint_every=0"))
+    sync = tr.rollout.sync
+
+    def kill_then_sync(version):
+        if version == 2:
+            ray_session.kill(tr.policy.workers[0])
+        return sync(version)
+
+    tr.rollout.sync = kill_then_sync
+    try:
+        with pytest.raises(PolicyWorkerError) as e:
+            tr.train()
+        assert tr.rollout.restarts == 0
+    finally:
+        tr.shutdown()
+    assert "policy worker (role actor, rank 0)" in str(e.value) and "step 1" in str(e.value), str(e.value)
+
+
 def _kill_tree_by_marker(marker: str) -> int:
     """SIGKILL every process whose environment carries `marker` (the driver and the Ray it started)."""
     n = 0
