@@ -1,7 +1,9 @@
 """A short GRPO run on an easy world must raise the training reward clearly.
 
-This is the suite's guard on the learning signal: flipping the advantage sign, breaking the loss mask
-or skipping the weight sync each makes it fail (see the closing note of the trainer issue).
+This is the suite's guard on the learning signal. Re-checked on session 22's code, one local branch per break
+(docs/experiments.md, "The learning test's guards"): GRPO advantages with the sign flipped, a loss mask over
+every token (prompt and <information> included), no weight sync, and an engine that takes the new policy
+version but keeps its old weights each make it fail; the unbroken code passes with a clear margin.
 """
 import json
 
