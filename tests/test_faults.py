@@ -238,7 +238,6 @@ def test_policy_worker_killed_stops_clearly_then_resumes(ray_session, small_worl
     assert ckpt.load_driver_state(ckpt.latest(root))["consumed"] == _expected_consumed(cfg, 3)
 
 
-# ---------------------------------------------------------------- 4. driver SIGKILLed between checkpoints
 @pytest.mark.integration
 def test_policy_worker_dead_at_weight_sync_is_reported_as_the_policy(ray_session, small_world, tmp_path):  # noqa: F811
     """The policy worker dies as a sync starts (measured: a native crash in full_state_dict): the rollout worker's
@@ -263,6 +262,7 @@ def test_policy_worker_dead_at_weight_sync_is_reported_as_the_policy(ray_session
     assert "policy worker (role actor, rank 0)" in str(e.value) and "step 1" in str(e.value), str(e.value)
 
 
+# ---------------------------------------------------------------- 4. driver SIGKILLed between checkpoints
 def _kill_tree_by_marker(marker: str) -> int:
     """SIGKILL every process whose environment carries `marker` (the driver and the Ray it started)."""
     n = 0
