@@ -15,6 +15,7 @@ COMMANDS = {
     "serve": ("jobs.serve", "serve the trained agent: zs-ray serve CONFIG.yaml [key=value ...]"),
     "bench": ("jobs.bench", "benchmarks: zs-ray bench [--quick]"),
     "experiment": ("jobs.experiment", "the paper's table in miniature: zs-ray experiment table"),
+    "data": ("jobs.data", "real question sets and passages: zs-ray data real [--src DIR] [--out DIR]"),
     "download": ("zs_ray.hub", "download public models/datasets from the Hugging Face hub"),
     "config": ("jobs.show_config", "print the resolved config: zs-ray config CONFIG.yaml [key=value ...]"),
 }
