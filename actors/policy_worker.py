@@ -33,7 +33,7 @@ _ALGO_DEFAULTS = dict(clip=0.2, kl_estimator="k3", kl_coef=0.001, entropy_coef=0
                       grad_clip=1.0, micro_batch_size=8, epochs=1, critic_lr=1e-5, value_clip=0.5,
                       behaviour_correction="none", behaviour_weight_cap=2.0)
 _MODEL_DEFAULTS = dict(dtype="float32", attn_implementation="sdpa", trust_remote_code=False,
-                       gradient_checkpointing=False)
+                       gradient_checkpointing=False, trainable_layers=None)
 
 
 class Critic(torch.nn.Module):
@@ -97,6 +97,8 @@ class PolicyWorker:
                                 rank=self.rank, world_size=self.world_size)
         self.model, self.hf_config = _load_model(self.model_path, self.mcfg, self.role)
         self.model.to(self.device)
+        if self.role != "ref":
+            freeze_lower_layers(self.model, self.mcfg["trainable_layers"])
         if self.ref_path:
             self.ref_model = _load_model(self.ref_path, self.mcfg, "ref")[0].to(self.device).requires_grad_(False)
         mp = None
@@ -112,13 +114,16 @@ class PolicyWorker:
         if self.role != "ref":
             lr = self.algo["critic_lr"] if self.role == "critic" else self.algo["lr"]
             a = self.algo
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=a["weight_decay"])
+            trainable = [p for p in self.model.parameters() if p.requires_grad]
+            self.optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=a["weight_decay"])
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(
                 s, int(a["warmup_steps"]), int(a["total_steps"]), a["lr_schedule"], float(a["min_lr_ratio"])))
         else:
             self.model.requires_grad_(False)
         n_params = sum(p.numel() for p in self.model.parameters())
-        return {"rank": self.rank, "role": self.role, "params": int(n_params), "setup_s": time.time() - t0,
+        n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        return {"rank": self.rank, "role": self.role, "params": int(n_params), "trainable_params": int(n_train),
+                "setup_s": time.time() - t0,
                 "colocated_reference": self.ref_model is not None}
 
     # ---- forward passes (no grad). Every rank must call these the same number of times.
@@ -195,7 +200,8 @@ class PolicyWorker:
                 (loss * self.world_size).backward()
                 for k, v in stats.items():
                     sums[k] += float(v) / epochs
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.algo["grad_clip"])
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                                       self.algo["grad_clip"])
             sums["grad_norm"] += _plain(grad_norm) / epochs  # already global (same on every rank)
             sums["lr"] += self.optimizer.param_groups[0]["lr"] / epochs
             self.optimizer.step()
@@ -216,16 +222,34 @@ class PolicyWorker:
 
         return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
+    def _synced_items(self) -> list:
+        """(name, sharded tensor) of what the rollout engines must receive: the trainable parameters when
+        model.trainable_layers froze the rest (the engines loaded the frozen ones from the same folder at
+        start-up and they never change), else every tensor."""
+        sd = self.model.state_dict()
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        if len(trainable) < sum(1 for _ in self.model.parameters()):
+            return [(k, v) for k, v in sd.items() if k in trainable]
+        return list(sd.items())
+
+    def sync_state_dict(self) -> dict:
+        """What the engines need (see _synced_items), unsharded on rank 0 (CPU), {} on other ranks (all must call)."""
+        items = self._synced_items()
+        if len(items) == len(self.model.state_dict()):
+            return self.full_state_dict()
+        out = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu() for k, v in items}
+        return out if self.rank == 0 else {}
+
     def init_weight_sync(self, host: str, port: int, world_size: int, timeout_s: float) -> list:
         """Rank 0 only: open the NCCL weight-sync group as its rank 0; returns the receivers' (name, dtype, shape)."""
         if self._sync_group is not None:
             self._sync_group.close()
         self._sync_group = NcclGroup(host, port, 0, world_size, timeout_s)
-        return pack_meta(self.model.state_dict().items())
+        return pack_meta(self._synced_items())
 
     def broadcast_weights(self) -> int:
         """All ranks (each full parameter is an FSDP all-gather); rank 0 broadcasts it. Returns bytes sent."""
-        return broadcast_state(self.model.state_dict().items(), self._sync_group if self.rank == 0 else None)
+        return broadcast_state(self._synced_items(), self._sync_group if self.rank == 0 else None)
 
     def save_checkpoint(self, ckpt_dir: str) -> str:
         """Sharded DCP save of model + optimizer; scheduler, step count and RNG per rank (torch.save)."""
@@ -344,6 +368,26 @@ def _load_model(path: str, mcfg: dict, role: str):
         lm.gradient_checkpointing_enable()
     cfg = lm.config
     return (Critic(lm.model, cfg.hidden_size) if role == "critic" else lm), cfg
+
+
+def freeze_lower_layers(model: torch.nn.Module, trainable_layers: Optional[int]) -> None:
+    """model.trainable_layers = N: only the top N decoder layers and the final norm learn; the embeddings (and
+    a tied lm_head), the lower layers and, for a critic, nothing else of the backbone. A 135M model trains
+    ~2.5x faster on two cores this way, and the weight sync moves only what changed. None: everything learns."""
+    if trainable_layers is None:
+        return
+    layers = _decoder_layers(model)
+    n = int(trainable_layers)
+    if not 0 <= n <= len(layers):
+        raise ValueError(f"model.trainable_layers={n}: the model has {len(layers)} decoder layers")
+    model.requires_grad_(False)
+    for layer in layers[len(layers) - n:]:
+        layer.requires_grad_(True)
+    norm = getattr(getattr(model, "model", None), "norm", None)
+    if norm is not None and n > 0:
+        norm.requires_grad_(True)
+    if hasattr(model, "value_head"):  # a critic's head always learns
+        model.value_head.requires_grad_(True)
 
 
 def _decoder_layers(model: torch.nn.Module):

@@ -91,12 +91,15 @@ class WorkerGroup:
         return stats[0]
 
     def state_dict_ref(self) -> "ray.ObjectRef":
-        """ObjectRef of rank 0's full state dict (pass it to rollout workers via the object store)."""
-        refs = [w.full_state_dict.remote() for w in self.workers]  # all ranks join the gather
+        """ObjectRef of what the rollout engines need on rank 0 (every tensor, or the trainable ones when
+        model.trainable_layers froze the rest), to pass to rollout workers via the object store."""
+        refs = [w.sync_state_dict.remote() for w in self.workers]  # all ranks join the gather
         return refs[0]
 
     def full_state_dict(self) -> dict:
-        return ray.get(self.state_dict_ref(), timeout=self.call_timeout_s)
+        """Every tensor, unsharded (rank 0's)."""
+        refs = [w.full_state_dict.remote() for w in self.workers]
+        return ray.get(refs[0], timeout=self.call_timeout_s)
 
     def save_checkpoint(self, path: str) -> str:
         self._all("save_checkpoint", os.path.abspath(path))

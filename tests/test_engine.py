@@ -130,3 +130,30 @@ def test_reload_drops_only_the_rotary_warning():
     def rec(layer):
         return log.makeRecord(log.name, logging.WARNING, __file__, 0, "%s: Failed to load weights", (layer,), None)
     assert not log.filter(rec("RotaryEmbedding")) and log.filter(rec("QKVParallelLinear"))
+
+
+def test_a_partial_state_dict_changes_only_its_tensors_in_both_engines(engines, perturbed):
+    """The trainable-layers sync sends the top layers only: both engines take the subset, keep the rest, and
+    still agree token for token (vLLM's CPU layers repack what they reload, and leave the others alone)."""
+    vl, hf = engines
+    ids = [vl.tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS]
+    before = gen_all(vl, ids, max_tokens=24, temperature=0.0)
+    top = max(int(k.split(".")[2]) for k in perturbed if k.startswith("model.layers."))
+    g = torch.Generator().manual_seed(4)
+    subset = {k: v + 0.5 * torch.randn(v.shape, generator=g) for k, v in perturbed.items()
+              if k.startswith(f"model.layers.{top}.")}
+    assert 0 < len(subset) < len(perturbed)
+    try:
+        for e in (vl, hf):
+            e.load_weights(subset, 6)
+        a = gen_all(vl, ids, max_tokens=24, temperature=0.0)
+        b = gen_all(hf, ids, max_tokens=24, temperature=0.0)
+        assert [x.token_ids for x in a] == [y.token_ids for y in b]
+        assert [x.token_ids for x in a] != [x.token_ids for x in before]  # the subset did land
+        for k, v in subset.items():
+            assert torch.equal(hf.model.state_dict()[k], v)
+        emb = hf.model.state_dict()["model.embed_tokens.weight"]
+        assert torch.equal(emb, perturbed["model.embed_tokens.weight"])  # the rest stays as it was
+    finally:
+        for e in (vl, hf):
+            e.load_weights(perturbed, 5)  # the module's other tests expect the perturbed weights

@@ -361,3 +361,26 @@ def test_full_state_dict_and_export_load_into_transformers(groups, tiny_assets, 
         torch.testing.assert_close(exported(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
                                    logits, atol=1e-6, rtol=0)
 
+
+
+def test_trainable_layers_train_only_the_top_and_sync_only_what_trains(ray_session, tiny_assets, hf_ref, vocab):
+    """model.trainable_layers=1: one update moves the top decoder layer (and the final norm) only, and the
+    weight sync carries exactly those tensors, on 2 FSDP2 ranks."""
+    from actors.worker_group import WorkerGroup
+
+    n_layers = hf_ref.config.num_hidden_layers
+    g = WorkerGroup(2, tiny_assets["model"], ALGO, {**MODEL, "trainable_layers": 1}, role="actor",
+                    resources={"cpus": 0.5})
+    try:
+        before = g.full_state_dict()
+        g.update(make_batch(vocab, n=4, seed=11))
+        after = g.full_state_dict()
+        top = f"model.layers.{n_layers - 1}."
+        moved = {k for k in before if not torch.equal(before[k], after[k])}
+        assert moved and all(k.startswith(top) or k == "model.norm.weight" for k in moved), sorted(moved)[:5]
+        synced = ray.get(g.state_dict_ref())
+        assert set(synced) == {k for k in before if k.startswith(top) or k == "model.norm.weight"}
+        for k, v in synced.items():
+            assert torch.equal(v, after[k])
+    finally:
+        g.shutdown()

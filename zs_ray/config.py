@@ -38,6 +38,9 @@ class ModelConfig:
     attn_implementation: str = "sdpa"  # "flash_attention_2" on GPU with flash-attn installed
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    # None: every weight learns. N: only the top N decoder layers (+ final norm) of the policy and critic learn;
+    # the embeddings and lower layers stay frozen, and the weight sync sends only what learns.
+    trainable_layers: Optional[int] = None
 
 
 @dataclass
@@ -49,6 +52,7 @@ class SearchConfig:
     topk: int = 5
     max_tokens: int = 600
     corpus: Optional[str] = None  # {id, contents} jsonl for bm25
+    max_doc_words: Optional[int] = None  # bm25: each passage cut to its first N words (None: whole)
     index_dir: Optional[str] = None  # saved bm25s index (built from corpus when missing)
     urls: list[str] = field(default_factory=list)  # external OpenAI-compatible simulators / retrievers
     api_key: Optional[str] = None  # redacted in logs and MLflow params
@@ -368,6 +372,10 @@ def validate(cfg: DictConfig) -> None:
                f"the actors ask for {need:g} CPUs but resources.num_cpus={cfg.resources.num_cpus:g}; "
                "lower the workers or cpus_per_* settings")
     _check(cfg.algorithm.micro_batch_size >= 1, "algorithm.micro_batch_size", "must be >= 1")
+    _check(cfg.model.trainable_layers is None or cfg.model.trainable_layers >= 0, "model.trainable_layers",
+           "must be >= 0 (the number of top decoder layers that learn) or null (all)")
+    _check(cfg.search.max_doc_words is None or cfg.search.max_doc_words >= 1, "search.max_doc_words",
+           "must be >= 1 or null (whole passages)")
 
 
 def to_dict(cfg: DictConfig) -> dict:

@@ -370,16 +370,16 @@ class HFEngine(_SerialEngine):
         return gens
 
     def load_weights(self, state_dict, version: int) -> float:
-        """A full state dict, or (name, tensor) pairs (the NCCL path), loaded in place; returns seconds."""
+        """A state dict (all tensors, or a subset), or (name, tensor) pairs (the NCCL path), loaded in place;
+        returns seconds."""
         t = time.perf_counter()
 
         def _do():
             sd = state_dict if isinstance(state_dict, dict) else dict(state_dict)
-            missing, unexpected = self.model.load_state_dict(sd, strict=False)
-            missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embeddings
-            if missing or unexpected:
-                raise KeyError(f"state dict does not match the model: missing {missing[:5]}, "
-                               f"unexpected {unexpected[:5]}")
+            # a subset is fine (only the trainable tensors are synced when model.trainable_layers is set)
+            _, unexpected = self.model.load_state_dict(sd, strict=False)
+            if unexpected:
+                raise KeyError(f"state dict does not match the model: unexpected {unexpected[:5]}")
         self._run_serial(_do)
         self.version = int(version)
         return time.perf_counter() - t

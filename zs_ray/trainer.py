@@ -92,7 +92,7 @@ class Trainer:
         index_dir = s.index_dir or os.path.join(self.out, "bm25")
         BM25Index.load_or_build(s.corpus, index_dir) if s.corpus else BM25Index.load(index_dir)
         return {"backend": "bm25", "corpus": s.corpus, "index_dir": index_dir, "topk": s.topk,
-                "max_query_chars": s.max_query_chars}
+                "max_doc_words": s.max_doc_words, "max_query_chars": s.max_query_chars}
 
     def _start_search(self) -> dict:
         """Deploy the Serve simulator when the backend needs one and no external URL is given."""
