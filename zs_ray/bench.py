@@ -128,8 +128,10 @@ class Bench:
         ref = _load("reference_loop")
         summarize = _load("rollout_bench").summarize
         rc, n = self.rollout_cfg, int(self.rollout_cfg["n_samples"])
+        # rollout.gpu_memory_utilization: on a GPU this engine stays up beside the trainer's of figures 2/4
         engine = make_engine(rc["engine"], self.paths["policy"], max_model_len=rc["max_context_tokens"], seed=0,
-                             kv_cache_gb=rc["kv_cache_gb"], max_num_seqs=128, device=self.device)
+                             kv_cache_gb=rc["kv_cache_gb"], max_num_seqs=128, device=self.device,
+                             gpu_memory_utilization=rc["gpu_memory_utilization"])
         model = AutoModelForCausalLM.from_pretrained(self.paths["policy"], dtype=torch.float32,
                                                      use_safetensors=True).to(self.device).eval()
         search = self.search()
