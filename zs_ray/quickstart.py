@@ -80,7 +80,7 @@ def quickstart_paths(out: str) -> dict[str, str]:
             "world": a["world"], "tokenizer": a["tokenizer"], "policy_init": a["policy"],
             "policy_pre": f"{out}/policy_pre", "policy_warm": f"{out}/policy_warm",
             "simulator_job": f"{out}/simulator_job", "simulator_sft": f"{out}/simulator_sft", "bm25": f"{out}/bm25",
-            "grpo": f"{out}/grpo", "mlflow_db": f"{out}/mlflow.db"}
+            "grpo": f"{out}/grpo", "mlflow_db": f"{out}/mlflow.db", "logs": f"{out}/logs"}
 
 
 def write_world(out: str, seed: int = 0, **world_kwargs) -> dict[str, str]:
@@ -241,8 +241,14 @@ def evaluate(cfg, model_path: str, max_rows: int, name: str, mode: str = "agent"
 
 
 def run(out: str = "runs/quickstart", preset: str = "full", seed: int = 0, overrides=None, progress=print) -> dict:
+    from .runtime import quiet_logs
+
     out = os.path.abspath(out)
     b = PRESETS[preset]
+    logs = quiet_logs(quickstart_paths(out)["logs"])
+    where = (f"full logs (vLLM, Ray actors and Serve replicas) in {logs}; --verbose or ZS_RAY_VERBOSE=1 puts them on "
+             f"the console" if logs else "verbose: every process logs to the console")
+    progress(f"zs-ray quickstart, preset {preset}, outputs in {out}; {where}")
     cfg = quickstart_config(out, [f"trainer.steps={b['rl_steps']}", f"trainer.seed={seed}"] + list(overrides or []))
     # weights: the stages' measured seconds in the full preset (session 9, runs/qs13; time left = elapsed / done x left)
     st = Stages({"world": 10, "prior": 395, "simulator": 145, "eval warm start": 30, "grpo": 260, "eval grpo": 15},
@@ -269,6 +275,7 @@ def run(out: str = "runs/quickstart", preset: str = "full", seed: int = 0, overr
              f"(then open http://127.0.0.1:5000, experiment '{cfg.tracking.experiment}')")
     with open(f"{out}/results.json", "w") as f:
         json.dump(results, f, indent=1, default=str)
+    progress(f"results in {out}/results.json" + (f"; full logs in {logs}" if logs else ""))
     return results
 
 
