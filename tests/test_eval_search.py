@@ -1,6 +1,8 @@
 """Which search `zs-ray eval` runs: real retrieval by default (BM25 over search.corpus / search.index_dir, or the
 retrieval server of search.backend=retriever), the training simulator only when asked (`--search simulator`),
 and the header and summary.json saying which. Pure logic: no Ray, no engine."""
+import os
+
 import pytest
 
 from zs_ray.config import ConfigError, load_config, to_dict
@@ -8,7 +10,7 @@ from zs_ray.eval_report import eval_title
 from zs_ray.evaluation import describe_search, resolve_eval_search
 from zs_ray.search import NoSearch
 
-DEFAULT = "configs/cpu_default.yaml"
+DEFAULT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "cpu_default.yaml")
 
 
 def _search(*overrides):
