@@ -125,10 +125,54 @@ def http_url(route_prefix: str = "/") -> str:
     return f"http://{host}:{http.port}{route_prefix.rstrip('/')}"
 
 
+class DeployError(RuntimeError):
+    """A Serve app did not come up; the message holds the replica's error."""
+
+
+FAILED = ("DEPLOY_FAILED", "UNHEALTHY")
+
+
+def deploy_problem(app_status) -> Optional[str]:
+    """Why an app (a `serve.status().applications[name]` entry) has failed, or None while it is fine or still
+    starting. A replica whose constructor raised counts at once: its error (a missing file, a bad model) is
+    the same on every retry, so Serve's re-adding it only repeats the failure."""
+    problems = []
+    if str(getattr(app_status.status, "value", app_status.status)) in FAILED and app_status.message:
+        problems.append(app_status.message)
+    for dep_name, dep in app_status.deployments.items():
+        status = str(getattr(dep.status, "value", dep.status))
+        trigger = str(getattr(dep.status_trigger, "value", dep.status_trigger))
+        if status in FAILED or trigger == "REPLICA_STARTUP_FAILED":
+            problems.append(f"deployment {dep_name} is {status}: {dep.message}")
+    return "\n".join(problems) or None
+
+
+def wait_running(name: str, timeout_s: float = 900.0, poll_s: float = 0.5) -> None:
+    """Poll the app until RUNNING; on a failed replica (deploy_problem) or the timeout, delete the app (so Serve
+    stops re-adding replicas) and raise DeployError with the replica's error."""
+    t0 = time.monotonic()
+    while True:
+        app = serve.status().applications.get(name)
+        status = str(getattr(app.status, "value", app.status)) if app is not None else "missing"
+        problem = deploy_problem(app) if app is not None else f"Serve has no application {name!r}"
+        if status == "RUNNING" and problem is None:
+            return
+        if problem is None and time.monotonic() - t0 > timeout_s:
+            problem = f"not RUNNING after {timeout_s:.0f}s (status {status})"
+        if problem is not None:
+            try:
+                serve.delete(name)
+            except Exception:  # noqa: BLE001 - the failure below is what the user needs to see
+                pass
+            raise DeployError(f"Serve app {name!r} failed to start, stopped and deleted:\n{problem}")
+        time.sleep(poll_s)
+
+
 def deploy_agent(cfg: dict, name: str = "agent", route_prefix: str = "/", replicas: int = 1,
                  num_cpus: float = 0.5, num_gpus: float = 0.0, threads: int = 1,
-                 max_ongoing_requests: Optional[int] = None) -> tuple[Any, str]:
-    """Deploy (or update) the agent app; returns (DeploymentHandle, base URL).
+                 max_ongoing_requests: Optional[int] = None, timeout_s: float = 900.0) -> tuple[Any, str]:
+    """Deploy (or update) the agent app; returns (DeploymentHandle, base URL). Raises DeployError, with the
+    app deleted, when a replica fails to start (`wait_running`).
 
     HTTP binds to search.http_host:http_port (loopback by default) when Serve is not running yet;
     if it is (e.g. the simulator started it), the existing proxy is used and its URL returned.
@@ -145,5 +189,8 @@ def deploy_agent(cfg: dict, name: str = "agent", route_prefix: str = "/", replic
         ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus,
                            "runtime_env": {"env_vars": actor_env(threads)}},
     ).bind(cfg)
-    handle = serve.run(target, name=name, route_prefix=route_prefix)
+    from ray.serve.api import _run  # serve.run without waiting for RUNNING: wait_running watches the replicas
+
+    handle = _run(target, name=name, route_prefix=route_prefix, _blocking=False)
+    wait_running(name, timeout_s)
     return handle, http_url(route_prefix)

@@ -1,11 +1,13 @@
-"""Entry point: `zs-ray eval CONFIG.yaml [--mode agent|direct|rag] [--max-rows N] [--out DIR]
-[--no-progress] [--no-tracking] [key=value ...]` (or `python jobs/evaluate.py ...`).
+"""Entry point: `zs-ray eval CONFIG.yaml [--mode agent|direct|rag] [--search bm25|retriever|simulator]
+[--max-rows N] [--out DIR] [--no-progress] [--no-tracking] [key=value ...]` (or `python jobs/evaluate.py ...`).
 
 Evaluates `model.policy_path` (a zs-ray export or any HF model path) on `data.test_files` with greedy
-decoding and the configured search backend; `eval_mode=rag` works like `--mode rag`. `--max-rows N`
-keeps the first N rows of each data source. Writes summary.md / summary.csv / trajectories.jsonl /
-summary.png to `--out` (default `<trainer.output_dir>/eval_<mode>`) and logs them to MLflow.
-The paper evaluates with real search: e.g. `search.backend=bm25 search.corpus=corpus.jsonl`.
+decoding and, as the paper does, real search: BM25 over `search.corpus` (or `search.index_dir`), or with
+`--search retriever` (the default when search.backend=retriever) the retrieval server at `search.urls`.
+search.backend, the training back-end, is used only with `--search simulator`. `eval_mode=rag` works like
+`--mode rag`. `--max-rows N` keeps the first N rows of each data source. Writes summary.md / summary.csv /
+summary.json / trajectories.jsonl / summary.png to `--out` (default `<trainer.output_dir>/eval_<mode>`) and
+logs them to MLflow; the header and summary.json say which search answered.
 """
 import argparse
 import os
@@ -19,6 +21,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="zs-ray eval", description=__doc__.split("\n\n")[0])
     p.add_argument("config")
     p.add_argument("--mode", choices=("agent", "direct", "rag"), default=None)
+    p.add_argument("--search", choices=("bm25", "retriever", "simulator"), default=None,
+                   help="real BM25 (default), a retrieval server at search.urls, or the training simulator")
     p.add_argument("--max-rows", type=int, default=None, help="first N rows of each data source")
     p.add_argument("--out", default=None, help="output folder")
     p.add_argument("--no-progress", action="store_true")
@@ -49,9 +53,12 @@ def main(argv=None):
     ns, overrides = parse_args(argv)
     apply_local_env()
     cfg = load_config(ns.config, overrides)
-    from zs_ray.evaluation import run_evaluation
+    from zs_ray.evaluation import describe_search, run_evaluation
 
-    result = run_evaluation(cfg, mode=ns.mode, max_rows=ns.max_rows, out_dir=ns.out,
+    searched = describe_search(cfg, ns.mode, choice=ns.search)
+    print(f"zs-ray eval {ns.mode}: {cfg.model.policy_path} on {len(cfg.data.test_files)} test file(s), "
+          f"search: {searched['label']}", flush=True)
+    result = run_evaluation(cfg, mode=ns.mode, max_rows=ns.max_rows, out_dir=ns.out, search_choice=ns.search,
                             progress=not ns.no_progress, tracking=not ns.no_tracking)
     print(result["markdown"])
     print(f"outputs in {result['out_dir']}")

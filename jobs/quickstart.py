@@ -12,8 +12,14 @@ def main(argv):
     p.add_argument("--out", default="runs/quickstart")
     p.add_argument("--preset", default="full", choices=sorted(PRESETS))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", action="store_true",
+                   help="every process's log on the console (default: progress and results; the logs in OUT/logs)")
     p.add_argument("overrides", nargs="*", help="config overrides for the GRPO run, key=value")
     a = p.parse_args(argv)
+    import os
+
+    if a.verbose:
+        os.environ["ZS_RAY_VERBOSE"] = "1"
     from zs_ray.runtime import apply_local_env
 
     apply_local_env()

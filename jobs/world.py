@@ -4,16 +4,19 @@ import argparse
 import json
 import sys
 
+from zs_ray.quickstart import quickstart_paths  # os and json only: no Ray, torch or vLLM
+
 
 def main(argv):
     p = argparse.ArgumentParser(prog="zs-ray world", description=__doc__)
     p.add_argument("action", choices=["build"])
-    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--out", default=quickstart_paths("runs/quickstart")["assets"],
+                   help="folder of the world/, tokenizer/ and tiny models (default: where the quickstart puts them)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vocab-size", type=int, default=1000)
-    p.add_argument("--no-models", action="store_true", help="only the data files, no tokenizer/models")
+    p.add_argument("--no-models", action="store_true", help="only the data files (in OUT/world), no tokenizer/models")
     p.add_argument("overrides", nargs="*", help="WorldParams fields, e.g. n_entities=200")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)  # `build --no-models n_entities=30`: overrides after an option too
     kw = {}
     for ov in a.overrides:
         k, _, v = ov.partition("=")
@@ -21,10 +24,10 @@ def main(argv):
             kw[k] = json.loads(v)
         except json.JSONDecodeError:
             kw[k] = v
-    from zs_ray.world_files import build_world, build_world_assets
+    from zs_ray.world_files import asset_paths, build_world, build_world_assets
 
-    if a.no_models:
-        paths = build_world(a.out, seed=a.seed, **kw)
+    if a.no_models:  # the same place as with the models, so one config serves both
+        paths = build_world(asset_paths(a.out)["world"], seed=a.seed, **kw)
     else:
         paths = build_world_assets(a.out, seed=a.seed, vocab_size=a.vocab_size, **kw)
     for k, v in paths.items():

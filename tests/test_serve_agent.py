@@ -101,3 +101,23 @@ def test_100_concurrent_questions_nothing_dropped(agent_url):
     import requests
     health = requests.get(f"{agent_url}/healthz", timeout=30).json()
     assert health["max_inflight"] > 10  # the questions ran concurrently on the engine, not one by one
+
+
+def test_a_failing_replica_stops_the_deploy_with_its_error(ray_session, tiny_assets, tmp_path):
+    """A constructor that raises (here: the corpus is gone; `zs-ray serve` checks files first, so the deploy is
+    called directly) stops the deploy at once with the replica's error, and the app is deleted, not retried."""
+    import time
+
+    from ray import serve
+
+    from actors.agent_server import DeployError, deploy_agent
+    from zs_ray.config import load_config, to_dict
+
+    cfg = to_dict(load_config(None, [f"model.policy_path={tiny_assets['model']}", "search.backend=bm25",
+                                     f"search.corpus={tmp_path}/gone.jsonl", "rollout.engine=hf",
+                                     f"search.http_port={free_port()}", "tracking.enabled=false"]))
+    t0 = time.monotonic()
+    with pytest.raises(DeployError, match="gone.jsonl"):
+        deploy_agent(cfg, name="zs-test-broken", route_prefix="/zsbroken", timeout_s=300)
+    assert time.monotonic() - t0 < 240
+    assert "zs-test-broken" not in serve.status().applications

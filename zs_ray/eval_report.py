@@ -39,6 +39,12 @@ def aggregate(records: Sequence[dict]) -> "OrderedDict[str, dict]":
     return out
 
 
+def eval_title(mode: str, policy: str, search: str, topk: int, max_turns: int, n: int, elapsed_s: float) -> str:
+    """The table's header line; `search` names the search the answers came from (a simulator says so)."""
+    where = search if mode == "direct" else f"{search} (top-{topk})"
+    return f"{mode} | policy {policy} | search: {where} | max_turns {max_turns} | {n} questions, {elapsed_s:.0f}s"
+
+
 COLUMNS = ("n", "em", "cover_em", "f1", "searches", "invalid_rate", "answered", "errors")
 
 

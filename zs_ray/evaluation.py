@@ -24,8 +24,8 @@ import time
 from typing import Callable, Optional, Sequence
 
 from .data import golds_of, question_of
-from .eval_report import (METRIC_NAMES, Progress, aggregate, flat_metrics, markdown_table, plot_summary, write_csv,
-                          write_jsonl)
+from .eval_report import (METRIC_NAMES, Progress, aggregate, eval_title, flat_metrics, markdown_table, plot_summary,
+                          write_csv, write_jsonl)
 from .protocol import normalize_question
 from .reward import extract_answer, score_answer
 
@@ -176,24 +176,116 @@ def build_engine(cfg, model_path: Optional[str] = None):
     return make_engine(cfg.rollout.engine, model_path or cfg.model.policy_path, **engine_kwargs(cfg))
 
 
-def build_search(cfg, seed: int = 0):
-    """The configured backend (zs_ray.search_clients). No curriculum: evaluation never asks a
+SEARCH_CHOICES = ("bm25", "retriever", "simulator")  # `zs-ray eval --search`; None: real retrieval
+SIMULATOR_BACKENDS = ("simulate_prompt", "simulate_sft", "http", "hybrid")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSearch:
+    """The search an evaluation runs: `kind` bm25 / retriever (real) or simulator, the `backend` it builds
+    (a search.backend value) and its `source` (corpus or index, server URLs, or simulator model)."""
+    kind: str
+    backend: str
+    source: str
+
+    @property
+    def real(self) -> bool:
+        return self.kind != "simulator"
+
+    @property
+    def label(self) -> str:
+        if self.kind == "bm25":
+            return f"real BM25 over {self.source}"
+        if self.kind == "retriever":
+            return f"real retrieval server {self.source}"
+        return f"SIMULATOR {self.backend} ({self.source}), not real search"
+
+    def search_config(self, search) -> dict:
+        """The `search` section with the backend this evaluation runs (a simulator asked for on a config whose
+        search.urls are a retriever's runs as our Serve app, not against those URLs)."""
+        s = {**dict(search), "backend": self.backend}
+        if self.kind == "simulator" and search.get("backend") not in SIMULATOR_BACKENDS:
+            s["urls"] = []
+        return s
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "backend": self.backend, "source": self.source, "real": self.real,
+                "label": self.label}
+
+
+def resolve_eval_search(search, choice: Optional[str] = None) -> EvalSearch:
+    """Which search evaluating with the `search` config section runs. Real retrieval unless `choice` is
+    "simulator": the paper trains against the simulator but evaluates with real search, so the training
+    back-end in search.backend is never used by default. None: the retrieval server when
+    search.backend=retriever, else BM25 over search.corpus / search.index_dir."""
+    from .config import ConfigError
+
+    s = dict(search)
+    if choice is not None and choice not in SEARCH_CHOICES:
+        raise ConfigError(f"--search must be one of {SEARCH_CHOICES}, got {choice!r}")
+    urls = ", ".join(str(u) for u in (s.get("urls") or []))
+    sim_urls = urls if s.get("backend") in SIMULATOR_BACKENDS else ""
+    if choice is None:
+        choice = "retriever" if s.get("backend") == "retriever" else "bm25"
+        if choice == "bm25" and not (s.get("corpus") or s.get("index_dir")):
+            raise ConfigError(
+                "evaluation runs real search, and the config names none: set search.corpus (a {id, contents} "
+                "jsonl, searched with BM25) or search.index_dir (a saved BM25 index), or pass --search retriever "
+                "with search.urls=[URL] of a retrieval server; --search simulator evaluates against the training "
+                f"simulator (search.backend={s.get('backend')}) instead, which is not real search")
+    if choice == "bm25":
+        if not (s.get("corpus") or s.get("index_dir")):
+            raise ConfigError("config key 'search.corpus': --search bm25 needs search.corpus (a {id, contents} "
+                              "jsonl) or search.index_dir (a saved BM25 index)")
+        return EvalSearch("bm25", "bm25", str(s.get("corpus") or s.get("index_dir")))
+    if choice == "retriever":
+        if not urls:
+            raise ConfigError("config key 'search.urls': --search retriever needs search.urls=[URL] of a "
+                              "retrieval server (the Search-R1 /retrieve API)")
+        return EvalSearch("retriever", "retriever", urls)
+    backend = s.get("backend") if s.get("backend") in SIMULATOR_BACKENDS else s.get("simulator_mode", "simulate_sft")
+    if not (s.get("simulator_model") or sim_urls):
+        raise ConfigError("config key 'search.simulator_model': --search simulator needs search.simulator_model "
+                          "(or search.urls of a simulator server)")
+    where = sim_urls if sim_urls else f"Serve app '{s.get('app_name', 'simulator')}', model {s.get('simulator_model')}"
+    return EvalSearch("simulator", backend, where)
+
+
+def build_search(cfg, seed: int = 0, choice: Optional[str] = None):
+    """The backend `resolve_eval_search` picks (zs_ray.search_clients). No curriculum: evaluation never asks a
     simulator for noisy documents. A Serve-hosted simulator needs Ray: join (or start) it."""
     from .config import to_dict
     from .search_clients import make_search_backend
 
-    s = to_dict(cfg)["search"]
-    if s["backend"] in ("simulate_prompt", "simulate_sft", "hybrid") and not s.get("urls"):
+    which = resolve_eval_search(to_dict(cfg)["search"], choice)
+    s = which.search_config(to_dict(cfg)["search"])
+    if which.kind == "simulator" and s["backend"] != "http" and not s.get("urls"):
         from .runtime import init_ray
         init_ray()
     return make_search_backend(s, None, seed=seed)
 
 
+def describe_search(cfg, mode: str, search=None, choice: Optional[str] = None) -> dict:
+    """What the evaluation searches with, for its header and saved results: `resolve_eval_search`'s answer, or
+    for a backend passed in (or the direct mode) its name."""
+    from .config import to_dict
+
+    if mode == "direct":
+        return {"kind": "none", "backend": "none", "source": "", "real": False, "label": "none (direct answer)"}
+    if search is not None:
+        name = getattr(search, "name", type(search).__name__)
+        return {"kind": name, "backend": name, "source": "passed in", "real": name in ("bm25", "retriever"),
+                "label": "none (no search at test time)" if name == "none" else f"{name} (passed in)"}
+    return resolve_eval_search(to_dict(cfg)["search"], choice).as_dict()
+
+
 def run_evaluation(cfg, *, mode: str = "agent", max_rows: Optional[int] = None, out_dir: Optional[str] = None,
-                   progress: bool = True, tracking: bool = True, engine=None, search=None) -> dict:
+                   progress: bool = True, tracking: bool = True, engine=None, search=None,
+                   search_choice: Optional[str] = None) -> dict:
     """Evaluate `cfg.model.policy_path` on `cfg.data.test_files`; write and log the outputs.
 
-    Returns {"summary", "records", "markdown", "out_dir", "files", "tracking", "run_id", "elapsed_s"}. `engine`/`search`
+    Searches with real retrieval unless search_choice="simulator" (`resolve_eval_search`). Returns {"summary",
+    "records", "markdown", "out_dir", "files", "tracking", "run_id", "elapsed_s", "search"}. `engine`/`search`
     may be passed in (already built) to share them between several evaluations.
     """
     from .data import load_dataset_files
@@ -203,14 +295,15 @@ def run_evaluation(cfg, *, mode: str = "agent", max_rows: Optional[int] = None, 
     if not cfg.data.test_files:
         from .config import ConfigError
         raise ConfigError("config key 'data.test_files': evaluation needs at least one test file")
+    searched = describe_search(cfg, mode, search, search_choice)  # a config naming no real search stops here
     rows = select_rows(load_dataset_files(list(cfg.data.test_files)), max_rows)
     out_dir = os.path.abspath(out_dir or os.path.join(cfg.trainer.output_dir, f"eval_{mode}"))
     os.makedirs(out_dir, exist_ok=True)
     own_engine, own_search = engine is None, search is None and mode != "direct"
     engine = engine or build_engine(cfg)
     if own_search:
-        search = build_search(cfg, seed=cfg.trainer.seed)
-    backend = "none" if mode == "direct" else getattr(search, "name", cfg.search.backend)
+        search = build_search(cfg, seed=cfg.trainer.seed, choice=search_choice)
+    backend = searched["backend"]
     from .search import NoSearch
     search = search if search is not None else NoSearch()
 
@@ -234,8 +327,8 @@ def run_evaluation(cfg, *, mode: str = "agent", max_rows: Optional[int] = None, 
         raise RuntimeError(f"evaluation produced {len(records)} records for {len(rows)} rows")
 
     summary = aggregate(records)
-    title = (f"{mode} | policy {cfg.model.policy_path} | search {backend} (top-{cfg.search.topk}) | "
-             f"max_turns {cfg.rollout.max_turns} | {len(records)} questions, {elapsed:.0f}s")
+    title = eval_title(mode, cfg.model.policy_path, searched["label"], cfg.search.topk, cfg.rollout.max_turns,
+                       len(records), elapsed)
     md = markdown_table(summary, title)
     files = {"markdown": os.path.join(out_dir, "summary.md"), "csv": os.path.join(out_dir, "summary.csv"),
              "jsonl": os.path.join(out_dir, "trajectories.jsonl"), "png": os.path.join(out_dir, "summary.png"),
@@ -245,8 +338,8 @@ def run_evaluation(cfg, *, mode: str = "agent", max_rows: Optional[int] = None, 
     write_csv(summary, files["csv"])
     write_jsonl(records, files["jsonl"])
     with open(files["json"], "w") as f:
-        json.dump({"mode": mode, "backend": backend, "policy": cfg.model.policy_path, "elapsed_s": elapsed,
-                   "summary": summary}, f, indent=1)
+        json.dump({"mode": mode, "backend": backend, "search": searched, "policy": cfg.model.policy_path,
+                   "elapsed_s": elapsed, "summary": summary}, f, indent=1)
     if not plot_summary(summary, files["png"], title):
         files.pop("png")
 
@@ -255,7 +348,8 @@ def run_evaluation(cfg, *, mode: str = "agent", max_rows: Optional[int] = None, 
         from .tracking import Tracker
 
         tracker = Tracker(cfg)
-        tracker.set_tags({"zs_ray.job": "eval", "eval.mode": mode, "eval.search_backend": backend})
+        tracker.set_tags({"zs_ray.job": "eval", "eval.mode": mode, "eval.search_backend": backend,
+                          "eval.search": searched["label"], "eval.search_real": str(searched["real"]).lower()})
         tracker.log_metrics({**flat_metrics(summary), "eval/elapsed_s": elapsed}, step=0)
         for p in files.values():
             tracker.log_artifact(p, f"eval_{mode}")
@@ -264,7 +358,7 @@ def run_evaluation(cfg, *, mode: str = "agent", max_rows: Optional[int] = None, 
     if own_engine:
         _release(engine)
     return {"summary": summary, "records": records, "markdown": md, "out_dir": out_dir, "files": files,
-            "tracking": track_msg, "run_id": run_id, "elapsed_s": elapsed}
+            "tracking": track_msg, "run_id": run_id, "elapsed_s": elapsed, "search": searched}
 
 
 def _release(engine) -> None:

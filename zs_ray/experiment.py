@@ -11,7 +11,7 @@ import csv
 import os
 import time
 
-from .quickstart import PRESETS, build_prior, evaluate, quickstart_config, train_simulator, warm_start
+from .quickstart import PRESETS, build_prior, evaluate, quickstart_config, train_simulator, warm_start, write_world
 
 RL_ROWS = {
     # name: config overrides of the GRPO run
@@ -71,7 +71,6 @@ def run_table(out: str = "runs/quickstart", preset: str = "full", seed: int = 0,
     from .search import NoSearch
     from .trainer import run as train
     from .tracking import Tracker
-    from .world_files import build_world_assets
 
     out, b, t0 = os.path.abspath(out), PRESETS[preset], time.perf_counter()
     steps = int(rl_steps if rl_steps is not None else b["rl_steps"])
@@ -86,7 +85,7 @@ def run_table(out: str = "runs/quickstart", preset: str = "full", seed: int = 0,
             f"trainer.eval_rows={b['eval_rows']}", "tracking.experiment=zs-ray-table"]
     cfg = quickstart_config(out, base)
     if not os.path.exists(f"{out}/simulator_sft/model.safetensors"):  # reuse the quickstart's prior and simulator
-        build_world_assets(f"{out}/world", seed=seed)
+        write_world(out, seed=seed)
         build_prior(out, b["pretrain_steps"], b["warm_steps"], seed, progress, b["induction_steps"])
         train_simulator(out, b["sim_steps"], cfg.simulator_sft.answer_weight, seed, progress)
     if not os.path.exists(f"{warm}/model.safetensors"):

@@ -68,14 +68,36 @@ def in_child_process(fn, *args, **kw):
         return pool.submit(fn, *args, **kw).result()
 
 
+def quickstart_paths(out: str) -> dict[str, str]:
+    """Every path the quickstart writes under `out` and reads back: `build_world_assets(paths["assets"])`'s world
+    files, tokenizer and tiny models, then the stages' outputs. configs/cpu_default.yaml names the same paths for
+    out=runs/quickstart (tests/test_quickstart_paths.py holds the two together)."""
+    from .world_files import asset_paths, world_file_paths
+
+    assets = f"{out}/world"
+    a = asset_paths(assets)
+    return {"assets": assets, **world_file_paths(a["world"]),
+            "world": a["world"], "tokenizer": a["tokenizer"], "policy_init": a["policy"],
+            "policy_pre": f"{out}/policy_pre", "policy_warm": f"{out}/policy_warm",
+            "simulator_job": f"{out}/simulator_job", "simulator_sft": f"{out}/simulator_sft", "bm25": f"{out}/bm25",
+            "grpo": f"{out}/grpo", "mlflow_db": f"{out}/mlflow.db", "logs": f"{out}/logs"}
+
+
+def write_world(out: str, seed: int = 0, **world_kwargs) -> dict[str, str]:
+    """The quickstart's first stage: the world files, tokenizer and tiny models under quickstart_paths(out)."""
+    from .world_files import build_world_assets
+
+    return build_world_assets(quickstart_paths(out)["assets"], seed=seed, **world_kwargs)
+
+
 def quickstart_config(out: str, overrides: Optional[list[str]] = None, config_path: str = DEFAULT_CONFIG):
     from .config import load_config
 
-    paths = [f"data.train_files=[{out}/world/world/train.parquet]",
-             f"data.test_files=[{out}/world/world/test.parquet]",
-             f"model.policy_path={out}/policy_warm", f"search.simulator_model={out}/simulator_sft",
-             f"search.corpus={out}/world/world/corpus.jsonl", f"search.index_dir={out}/bm25",
-             f"trainer.output_dir={out}/grpo", f"tracking.uri=sqlite:///{out}/mlflow.db"]
+    p = quickstart_paths(out)
+    paths = [f"data.train_files=[{p['train']}]", f"data.test_files=[{p['test']}]",
+             f"model.policy_path={p['policy_warm']}", f"search.simulator_model={p['simulator_sft']}",
+             f"search.corpus={p['corpus']}", f"search.index_dir={p['bm25']}",
+             f"trainer.output_dir={p['grpo']}", f"tracking.uri=sqlite:///{p['mlflow_db']}"]
     return load_config(config_path, paths + list(overrides or []))
 
 
@@ -124,11 +146,12 @@ def warm_start(out: str, steps: int, seed: int = 0, progress=print, out_dir: Opt
 
     from .sft import encode_chat_example, sft_train
 
-    tok = AutoTokenizer.from_pretrained(f"{out}/world/tokenizer")
-    demos = [json.loads(line) for line in open(f"{out}/world/world/warmstart.jsonl")]
-    return sft_train(base or f"{out}/policy_pre", [encode_chat_example(tok, d["prompt"], d["response"]) for d in demos],
+    p = quickstart_paths(out)
+    tok = AutoTokenizer.from_pretrained(p["tokenizer"])
+    demos = [json.loads(line) for line in open(p["warmstart"])]
+    return sft_train(base or p["policy_pre"], [encode_chat_example(tok, d["prompt"], d["response"]) for d in demos],
                      tokenizer=tok, steps=steps, lr=1e-3, batch_size=8, warmup=warmup, seed=seed, threads=2,
-                     out_dir=out_dir or f"{out}/policy_warm", progress=progress, label=label, log_every=100)
+                     out_dir=out_dir or p["policy_warm"], progress=progress, label=label, log_every=100)
 
 
 def build_prior(out: str, pretrain_steps: int, warm_steps: int, seed: int = 0, progress=print,
@@ -144,25 +167,26 @@ def build_prior(out: str, pretrain_steps: int, warm_steps: int, seed: int = 0, p
     from .sft import encode_segments, encode_text_example, sft_train
     from .world import WORDS
 
-    tok = AutoTokenizer.from_pretrained(f"{out}/world/tokenizer")
-    rng, model, seconds, tokens = random.Random(f"prior-{seed}"), f"{out}/world/policy", 0.0, 0
+    p = quickstart_paths(out)
+    tok = AutoTokenizer.from_pretrained(p["tokenizer"])
+    rng, model, seconds, tokens = random.Random(f"prior-{seed}"), p["policy_init"], 0.0, 0
     opt = dict(lr=2e-3, betas=(0.9, 0.95), warmup=50, seed=seed, threads=2, progress=progress, log_every=100)
     if induction_steps:
         ind = [encode_segments(tok, induction_sequence(rng, WORDS)) for _ in range(32 * induction_steps)]
         r = sft_train(model, ind, tokenizer=tok, steps=induction_steps, batch_size=32, label="induction", **opt)
         model, seconds, tokens = r["model"], r["seconds"], r["trained_tokens"]
         progress(f"[prior] induction: loss {r['final_loss']:.3f} on the repeats (~0.3 once an induction head formed)")
-    texts = [t for t in open(f"{out}/world/world/pretrain.txt").read().split(PRETRAIN_SEPARATOR) if t.strip()]
+    texts = [t for t in open(p["pretrain"]).read().split(PRETRAIN_SEPARATOR) if t.strip()]
     # The drills' documents are context, not targets (as in RL): their values are random, so learning to predict
     # them only adds noise; masked, the loss is on the turns and recall answers that copy out of them. Held-out copy
     # accuracy after the warm start, 3,000 drill steps: 15 % -> 42 % / 35 % (seeds 0 / 1; session 9,
     # docs/experiments.md).
     examples = [encode_text_example(tok, t, mask_information=True) for t in texts]
     examples += [encode_segments(tok, segs) for t in texts for segs in fact_recall(rng, t)]
-    pre = sft_train(model, examples, tokenizer=tok, steps=pretrain_steps, batch_size=8, out_dir=f"{out}/policy_pre",
+    pre = sft_train(model, examples, tokenizer=tok, steps=pretrain_steps, batch_size=8, out_dir=p["policy_pre"],
                     label="pretrain", **opt)
     warm = warm_start(out, warm_steps, seed, progress)
-    items = copy_probe_items(f"{out}/world/world")
+    items = copy_probe_items(p["world"])
     copy = {"prior": copy_accuracy(pre["model"], tok, items, chat=False),
             "warm": copy_accuracy(warm["model"], tok, items, chat=True)}
     progress(f"[prior] held-out copy accuracy: after pre-training {copy['prior']['all']:.1%}, "
@@ -190,16 +214,17 @@ def train_simulator(out: str, steps: int, answer_weight: float, seed: int = 0, p
     from .data import load_rows
     from .simulator_sft import run
 
-    rows = load_rows(f"{out}/world/world/train.parquet")
+    p = quickstart_paths(out)
+    rows = load_rows(p["train"])
     if hop_aware:
-        rows = with_hops(rows, f"{out}/world/world")
+        rows = with_hops(rows, p["world"])
     # Start from the copy-pre-trained model: a useful document must copy the answer from the prompt, the
     # same skill the policy needs (from random init the tiny simulator memorises instead of copying).
-    res = run(f"{out}/policy_pre", f"{out}/simulator_job", questions=rows,
-              corpus=f"{out}/world/world/corpus.jsonl", topk=3, steps=steps, seed=seed, log=progress,
+    res = run(p["policy_pre"], p["simulator_job"], questions=rows,
+              corpus=p["corpus"], topk=3, steps=steps, seed=seed, log=progress,
               eval_questions=100, answer_weight=answer_weight, hop_aware=hop_aware)
-    shutil.rmtree(f"{out}/simulator_sft", ignore_errors=True)
-    shutil.copytree(res["model_dir"], f"{out}/simulator_sft")
+    shutil.rmtree(p["simulator_sft"], ignore_errors=True)
+    shutil.copytree(res["model_dir"], p["simulator_sft"])
     return {k: v for k, v in res.items() if isinstance(v, (int, float, str))}
 
 
@@ -208,23 +233,28 @@ def evaluate(cfg, model_path: str, max_rows: int, name: str, mode: str = "agent"
 
     from .evaluation import run_evaluation
 
-    c = OmegaConf.merge(cfg, {"model": {"policy_path": model_path}, "search": {"backend": "bm25"}})
+    c = OmegaConf.merge(cfg, {"model": {"policy_path": model_path}})
     res = run_evaluation(c, mode=mode, max_rows=max_rows, out_dir=os.path.join(cfg.trainer.output_dir, os.pardir,
-                                                                                f"eval_{name}"), progress=False)
+                                                                                f"eval_{name}"), progress=False,
+                         search_choice="bm25")
     return res["summary"]
 
 
 def run(out: str = "runs/quickstart", preset: str = "full", seed: int = 0, overrides=None, progress=print) -> dict:
-    from .world_files import build_world_assets
+    from .runtime import quiet_logs
 
     out = os.path.abspath(out)
     b = PRESETS[preset]
+    logs = quiet_logs(quickstart_paths(out)["logs"])
+    where = (f"full logs (vLLM, Ray actors and Serve replicas) in {logs}; --verbose or ZS_RAY_VERBOSE=1 puts them on "
+             f"the console" if logs else "verbose: every process logs to the console")
+    progress(f"zs-ray quickstart, preset {preset}, outputs in {out}; {where}")
     cfg = quickstart_config(out, [f"trainer.steps={b['rl_steps']}", f"trainer.seed={seed}"] + list(overrides or []))
     # weights: the stages' measured seconds in the full preset (session 9, runs/qs13; time left = elapsed / done x left)
     st = Stages({"world": 10, "prior": 395, "simulator": 145, "eval warm start": 30, "grpo": 260, "eval grpo": 15},
                 progress)
     results: dict = {"preset": preset, "seed": seed}
-    st.run("world", build_world_assets, f"{out}/world", seed=seed)
+    st.run("world", write_world, out, seed=seed)
     # Training and evaluation (a vLLM engine) in child processes: their memory goes back to the OS before
     # the GRPO stage starts its actors (in_child_process).
     results.update(st.run("prior", build_prior, out, b["pretrain_steps"], b["warm_steps"], seed, progress,
@@ -245,6 +275,7 @@ def run(out: str = "runs/quickstart", preset: str = "full", seed: int = 0, overr
              f"(then open http://127.0.0.1:5000, experiment '{cfg.tracking.experiment}')")
     with open(f"{out}/results.json", "w") as f:
         json.dump(results, f, indent=1, default=str)
+    progress(f"results in {out}/results.json" + (f"; full logs in {logs}" if logs else ""))
     return results
 
 

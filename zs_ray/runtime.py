@@ -56,10 +56,63 @@ def apply_local_env(work_dir: str | None = None) -> dict[str, str]:
 
 
 def actor_env(threads: int = 1) -> dict[str, str]:
-    """Env vars for an actor's runtime_env: loopback, in-process vLLM, bounded threads."""
+    """Env vars for an actor's runtime_env: loopback, in-process vLLM, bounded threads, and where logs go."""
     env = {k: os.environ.get(k, v) for k, v in local_env().items()}
+    env.update({k: os.environ[k] for k in LOG_ENV if k in os.environ})
     env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
     return env
+
+
+# ---- the console: progress, results and errors; the full logs in files ------------------------------------------
+
+LOG_ENV = ("ZS_RAY_LOG_DIR", "VLLM_CONFIGURE_LOGGING", "VLLM_LOGGING_CONFIG_PATH")
+
+
+def verbose_console() -> bool:
+    """ZS_RAY_VERBOSE=1 (`--verbose`): every log line of every process on the console, as Ray and vLLM print them."""
+    return os.environ.get("ZS_RAY_VERBOSE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def quiet_logs(log_dir: str) -> str | None:
+    """Keep the console to progress, results and errors; put the full logs under `log_dir` (returned; None when
+    verbose_console()). Call before Ray and vLLM start: the settings travel in the env to child processes, actors
+    and Serve replicas. vLLM's log lines (a dozen WARNINGs per engine start) go to `log_dir`/vllm.log in every
+    process; a local Ray (init_ray) keeps its workers' output off the driver's console, in its per-worker files,
+    which `log_dir`/ray links to. An actor's failure still reaches the driver as its exception."""
+    if verbose_console():
+        return None
+    import json
+
+    log_dir = os.path.abspath(log_dir)
+    os.makedirs(log_dir, exist_ok=True)
+    conf = os.path.join(log_dir, "vllm_logging.json")
+    with open(conf, "w") as f:
+        json.dump({"version": 1, "disable_existing_loggers": False,
+                   "formatters": {"plain": {"format": "%(levelname)s %(asctime)s pid %(process)d "
+                                                      "[%(filename)s:%(lineno)d] %(message)s"}},
+                   "handlers": {"file": {"class": "logging.FileHandler", "formatter": "plain", "mode": "a",
+                                         "filename": os.path.join(log_dir, "vllm.log")}},
+                   "loggers": {"vllm": {"handlers": ["file"], "level": "INFO", "propagate": False}}}, f, indent=1)
+    os.environ["ZS_RAY_LOG_DIR"] = log_dir
+    os.environ["VLLM_CONFIGURE_LOGGING"] = "1"
+    os.environ.setdefault("VLLM_LOGGING_CONFIG_PATH", conf)
+    return log_dir
+
+
+def _link_ray_logs(log_dir: str) -> None:
+    """`log_dir`/ray -> this Ray session's log folder (worker-*.out/.err per actor, serve/ per replica). Ray keeps
+    them under its temp dir: a Unix socket path there must stay under 108 bytes, too short for a run folder."""
+    try:
+        from ray._private import worker
+
+        target = worker._global_node.get_logs_dir_path()
+        link = os.path.join(log_dir, "ray")
+        if os.path.islink(link):
+            os.unlink(link)
+        if not os.path.exists(link):
+            os.symlink(target, link)
+    except Exception:  # noqa: BLE001 - a missing link must not stop the run; the logs are still in Ray's folder
+        pass
 
 
 def init_ray(num_cpus: float | None = None, address: str | None = None, temp_dir: str | None = None,
@@ -82,7 +135,13 @@ def init_ray(num_cpus: float | None = None, address: str | None = None, temp_dir
                            "ray, or export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0")
     temp_dir = os.path.abspath(temp_dir or os.environ.get("ZS_RAY_TMP", "/tmp/zs_ray"))
     os.makedirs(temp_dir, exist_ok=True)
-    return ray.init(
+    log_dir = None if verbose_console() else os.environ.get("ZS_RAY_LOG_DIR")
+    if log_dir:  # quiet_logs: actors' output stays in Ray's per-worker files
+        import logging
+
+        kwargs = {"log_to_driver": False, "logging_level": logging.WARNING, **kwargs}
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    ctx = ray.init(
         num_cpus=num_cpus,
         include_dashboard=False,
         namespace=namespace,
@@ -91,6 +150,9 @@ def init_ray(num_cpus: float | None = None, address: str | None = None, temp_dir
         runtime_env={"env_vars": actor_env()},
         **kwargs,
     )
+    if log_dir:
+        _link_ray_logs(log_dir)
+    return ctx
 
 
 def set_threads(n: int) -> None:

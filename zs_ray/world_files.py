@@ -75,10 +75,7 @@ def build_world(out_dir=None, **kwargs) -> dict[str, str]:
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     world = make_world(p)
-    paths = {k: os.path.join(out_dir, f) for k, f in [
-        ("corpus", "corpus.jsonl"), ("train", "train.parquet"), ("test", "test.parquet"),
-        ("warmstart", "warmstart.jsonl"), ("pretrain", "pretrain.txt"), ("questions", "questions.jsonl"),
-        ("entities", "entities.jsonl"), ("summary", "world.json")]}
+    paths = world_file_paths(out_dir)
 
     _write_jsonl(paths["corpus"], world.passages)
     write_parquet(paths["train"], world.split("train"))
@@ -95,6 +92,14 @@ def build_world(out_dir=None, **kwargs) -> dict[str, str]:
     with open(paths["summary"], "w") as f:
         json.dump(world_summary(world), f, indent=1)
     return paths
+
+
+def world_file_paths(out_dir: str) -> dict[str, str]:
+    """{name: path} of the files `build_world(out_dir)` writes."""
+    return {k: os.path.join(out_dir, f) for k, f in [
+        ("corpus", "corpus.jsonl"), ("train", "train.parquet"), ("test", "test.parquet"),
+        ("warmstart", "warmstart.jsonl"), ("pretrain", "pretrain.txt"), ("questions", "questions.jsonl"),
+        ("entities", "entities.jsonl"), ("summary", "world.json")]}
 
 
 def world_summary(world: World) -> dict:
@@ -156,6 +161,12 @@ def token_stats(tokenizer, world: World, n: int = 200) -> dict:
     return stats
 
 
+def asset_paths(out_dir: str) -> dict[str, str]:
+    """Where `build_world_assets(out_dir)` puts the world folder, the tokenizer and the tiny models; the world's
+    own files are `world_file_paths(asset_paths(out_dir)["world"])`."""
+    return {k: os.path.join(out_dir, k) for k in ("world", "tokenizer", "policy", "simulator")}
+
+
 def build_world_assets(out_dir: str, seed: int = 0, vocab_size: int = 1000, policy_arch: str = "llama",
                        simulator_arch: str = "qwen2", policy_size: str = "policy", **world_kwargs) -> dict[str, str]:
     """The world files plus a tokenizer trained on them and the tiny policy and simulator models."""
@@ -163,15 +174,15 @@ def build_world_assets(out_dir: str, seed: int = 0, vocab_size: int = 1000, poli
 
     from .tiny_models import make_tiny_model, train_tokenizer
 
-    paths = build_world(os.path.join(out_dir, "world"), seed=seed, **world_kwargs)
-    world = load_world(os.path.join(out_dir, "world"))
-    tok_dir = os.path.join(out_dir, "tokenizer")
+    where = asset_paths(out_dir)
+    paths = build_world(where["world"], seed=seed, **world_kwargs)
+    world = load_world(where["world"])
+    tok_dir = where["tokenizer"]
     train_tokenizer(tokenizer_texts(world), tok_dir, vocab_size=vocab_size)
     paths["tokenizer"] = tok_dir
-    paths["policy"] = make_tiny_model(tok_dir, os.path.join(out_dir, "policy"), size=policy_size,
-                                      arch=policy_arch, seed=seed)
-    paths["simulator"] = make_tiny_model(tok_dir, os.path.join(out_dir, "simulator"), size="simulator",
-                                         arch=simulator_arch, seed=seed + 1)
+    paths["policy"] = make_tiny_model(tok_dir, where["policy"], size=policy_size, arch=policy_arch, seed=seed)
+    paths["simulator"] = make_tiny_model(tok_dir, where["simulator"], size="simulator", arch=simulator_arch,
+                                         seed=seed + 1)
     stats = token_stats(AutoTokenizer.from_pretrained(tok_dir), world)
     paths["token_stats"] = os.path.join(out_dir, "token_stats.json")
     with open(paths["token_stats"], "w") as f:
