@@ -63,3 +63,30 @@ def test_weighted_loss_is_the_usual_mean_with_unit_weights_and_counts_heavier_to
     heavy[0, 3] = 4.0  # token 3 of row 0 counts four times
     want = (ce.sum() + 3 * ce[0, 2]) / (unit.sum() + 3)
     assert torch.allclose(weighted_lm_loss(logits, labels, heavy), want)
+
+
+def test_lm_loss_runs_the_head_only_where_it_learns_and_gives_the_same_loss_and_gradients(tiny_assets):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from zs_ray.sft import lm_loss, weighted_lm_loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_assets["model"], dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (3, 12), generator=g)
+    attn = torch.ones_like(ids)
+    attn[2, 9:] = 0  # a padded row
+    labels = ids.clone()
+    labels[:, :5] = -100  # prompt
+    labels[2, 9:] = -100
+    weights = (labels != -100).float()
+    weights[0, 7] = 3.0
+    fast = lm_loss(model, ids, attn, labels, weights)
+    fast.backward()
+    g_fast = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    full = weighted_lm_loss(model(input_ids=ids, attention_mask=attn).logits, labels, weights)
+    full.backward()
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(g_fast[n], p.grad, atol=1e-5, rtol=1e-4)
