@@ -49,6 +49,9 @@ def main(argv=None):
     ns, overrides = parse_args(argv)
     apply_local_env()
     cfg = load_config(ns.config, overrides)
+    from zs_ray.preflight import check_config
+
+    check_config(cfg, "eval", search=ns.mode != "direct")  # the paths it reads, before any engine or Ray
     from zs_ray.evaluation import run_evaluation
 
     result = run_evaluation(cfg, mode=ns.mode, max_rows=ns.max_rows, out_dir=ns.out,

@@ -56,6 +56,9 @@ def main(argv=None):
     ns, overrides = parse_args(argv)
     apply_local_env()
     cfg = load_config(ns.config, overrides)
+    from zs_ray.preflight import check_config
+
+    check_config(cfg, "serve")  # the paths it reads, before Ray
     init_ray(num_cpus=cfg.resources.num_cpus)
     _, url = deploy(cfg, ns.name, ns.route_prefix)
 
