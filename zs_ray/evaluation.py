@@ -246,7 +246,7 @@ def run_evaluation(cfg, *, mode: str = "agent", max_rows: Optional[int] = None, 
     if tracking:
         from .tracking import Tracker
 
-        tracker = Tracker(cfg)
+        tracker = Tracker(cfg, stage=f"eval-{mode}")
         tracker.set_tags({"zs_ray.job": "eval", "eval.mode": mode, "eval.search_backend": backend})
         tracker.log_metrics({**flat_metrics(summary), "eval/elapsed_s": elapsed}, step=0)
         for p in files.values():
