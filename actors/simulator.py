@@ -62,7 +62,8 @@ class SimulatorServer:
         self.cfg = {**DEFAULTS, **{k: v for k, v in (search_cfg or {}).items() if v is not None}}
         self.model_name = str(self.cfg.get("model_name") or model_path)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.engine = VLLMEngine(model_path, **engine_kwargs({"search": self.cfg}, "simulator", seed=seed, device=device))
+        self.engine = VLLMEngine(model_path, **engine_kwargs({"search": self.cfg}, "simulator", seed=seed,
+                                                             device=device))
         self.tokenizer = self.engine.tokenizer
         self.in_flight, self.max_in_flight, self.requests = 0, 0, 0
 

@@ -2,8 +2,9 @@
 
     p_i = p_s + (b^(i/m) - 1) / (b - 1) * (p_e - p_s),   i = step, m = total steps, b = base (4)
 
-For i >= m, p = p_e; curriculum.enabled=false: p = p_e from the first step (`noise_at`). One coin per search call decides useful vs noisy for all k documents.
-The coin is a hash of (seed, step, call key), so a resumed run flips exactly the same coins.
+For i >= m, p = p_e; curriculum.enabled=false: p = p_e from the first step (`noise_at`, the one rule).
+One coin per search call decides useful vs noisy for all k documents. The coin is a hash of
+(seed, step, call key), so a resumed run flips exactly the same coins.
 """
 from __future__ import annotations
 

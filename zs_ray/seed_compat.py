@@ -216,7 +216,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("algorithm", choices=ALGORITHMS)
     p.add_argument("--dry-run", action="store_true", help="print the zs-ray command and exit")
     p.add_argument("--recipe", help="config file to start from (default configs/recipes/seed_<algorithm>.yaml)")
-    p.add_argument("--skip-preflight", action="store_true", help="do not check this machine's GPUs and the config's paths first")
+    p.add_argument("--skip-preflight", action="store_true",
+                   help="do not check this machine's GPUs and the config's paths first")
     ns, rest = p.parse_known_args(argv)
     try:
         cmd = build_command(ns.algorithm, rest, ns.recipe)
