@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import ray
 
-from zs_ray.engine import make_engine
+from zs_ray.engine import engine_kwargs, make_engine
 from zs_ray.rollout import as_rollout_config, run_rollouts
 from zs_ray.search import NoSearch, SearchBackend
 
@@ -41,7 +41,9 @@ def build_search_backend(search_cfg: dict, seed: int = 0) -> SearchBackend:
 @ray.remote
 class RolloutWorker:
     def __init__(self, model_path: str, rollout_cfg: dict, search_cfg: dict, worker_index: int = 0, seed: int = 0,
-                 device: str = "cpu", threads: Optional[int] = None, eval_search_cfg: Optional[dict] = None):
+                 device: str = "cpu", threads: Optional[int] = None, eval_search_cfg: Optional[dict] = None,
+                 model_cfg: Optional[dict] = None):
+        """`model_cfg`: the config's model section (dtype, trust_remote_code, quantization of the engine)."""
         import torch
 
         # Threads: vLLM's CPU backend binds OMP itself; this bounds torch's intra-op pool (HF engine, tokenizer ops).
@@ -49,15 +51,8 @@ class RolloutWorker:
         self.cfg = as_rollout_config(rollout_cfg)
         self.search_cfg, self.worker_index, self.seed = dict(search_cfg), worker_index, seed
         t = time.perf_counter()
-        kind = self.cfg.engine
-        kw = dict(dtype=(rollout_cfg or {}).get("dtype", "float32"), max_model_len=self.cfg.max_context_tokens,
-                  seed=seed + worker_index, max_num_seqs=self.cfg.max_num_seqs, device=device)
-        if kind == "vllm":
-            kw.update(kv_cache_gb=self.cfg.kv_cache_gb, enforce_eager=self.cfg.enforce_eager,
-                      tensor_parallel_size=self.cfg.tensor_parallel_size,
-                      gpu_memory_utilization=self.cfg.gpu_memory_utilization,
-                      quantization=(rollout_cfg or {}).get("quantization"))
-        self.engine = make_engine(kind, model_path, **kw)
+        kw = engine_kwargs({"model": model_cfg, "rollout": rollout_cfg}, seed=seed + worker_index, device=device)
+        self.engine = make_engine(self.cfg.engine, model_path, **kw)
         self.search = build_search_backend(self.search_cfg, seed)
         # Held-out evaluation during training uses real search (BM25), never the simulator.
         self.eval_search = build_search_backend(eval_search_cfg, seed) if eval_search_cfg else None

@@ -17,19 +17,19 @@ import asyncio
 import bisect
 import time
 import uuid
+from dataclasses import asdict
 from typing import Any, Optional
 
 from fastapi import FastAPI, HTTPException
 from ray import serve
 
+from zs_ray.config import SearchConfig
 from zs_ray.simulator_prompts import cut_at_next_doc, parse_documents, simulator_prompt
 
 app = FastAPI(title="zs-ray search simulator")
 
-# SearchConfig defaults (a plain dict travels to the replica; OmegaConf objects need not).
-DEFAULTS = dict(temperature=0.8, top_p=1.0, max_tokens=600, max_query_chars=512, max_batch_size=32,
-                max_model_len=2048, kv_cache_gb=1.0, tensor_parallel_size=1,
-                quantization=None, http_host="127.0.0.1", http_port=8000)
+# The schema's search defaults, for a partial search dict (a plain dict travels to the replica).
+DEFAULTS = asdict(SearchConfig())
 
 
 def _tokens_for_chars(tokenizer, ids: list[int], chars: int) -> int:
@@ -57,19 +57,13 @@ class SimulatorServer:
         apply_local_env()
         import torch
 
-        from zs_ray.engine import VLLMEngine
+        from zs_ray.engine import VLLMEngine, engine_kwargs
 
         self.cfg = {**DEFAULTS, **{k: v for k, v in (search_cfg or {}).items() if v is not None}}
         self.model_name = str(self.cfg.get("model_name") or model_path)
-        gpu = torch.cuda.is_available()
-        kw: dict[str, Any] = dict(dtype="auto" if gpu else "float32", max_model_len=int(self.cfg["max_model_len"]),
-                                  seed=seed, max_num_seqs=max(int(self.cfg["max_batch_size"]), 1),
-                                  device="cuda" if gpu else "cpu", kv_cache_gb=float(self.cfg["kv_cache_gb"]))
-        if gpu:  # the large path: tensor parallel and AWQ/GPTQ weights, as configured
-            kw.update(tensor_parallel_size=int(self.cfg["tensor_parallel_size"]),
-                      quantization=self.cfg["quantization"],
-                      gpu_memory_utilization=float(self.cfg.get("gpu_memory_utilization", 0.3)))
-        self.engine = VLLMEngine(model_path, **kw)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.engine = VLLMEngine(model_path, **engine_kwargs({"search": self.cfg}, "simulator", seed=seed,
+                                                             device=device))
         self.tokenizer = self.engine.tokenizer
         self.in_flight, self.max_in_flight, self.requests = 0, 0, 0
 

@@ -53,6 +53,9 @@ def main(argv=None):
     ns, overrides = parse_args(argv)
     apply_local_env()
     cfg = load_config(ns.config, overrides)
+    from zs_ray.preflight import check_config
+
+    check_config(cfg, "eval", search=ns.mode != "direct")  # the paths it reads, before any engine or Ray
     from zs_ray.evaluation import describe_search, run_evaluation
 
     searched = describe_search(cfg, ns.mode, choice=ns.search)

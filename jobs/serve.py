@@ -10,7 +10,6 @@ The paper serves with real search: e.g. `search.backend=bm25 search.corpus=corpu
 """
 import argparse
 import os
-import re
 import sys
 import time
 
@@ -28,25 +27,6 @@ def parse_args(argv):
     if bad:
         p.error(f"unknown arguments {bad} (config overrides are key=value)")
     return ns, rest
-
-
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # "org/model": resolved from the Hugging Face cache, not a local path
-
-
-def missing_inputs(cfg) -> list[str]:
-    """The files the agent's replica (and a Serve simulator) would open, by config key, that are not there:
-    checked before deploying, so a missing file is one error here instead of a failing replica."""
-    s = cfg.search
-    need = [("model.policy_path", cfg.model.policy_path)]
-    if s.backend == "bm25" or (s.backend == "hybrid" and s.hybrid_fallback == "bm25"):
-        need.append(("search.corpus", s.corpus) if s.corpus else ("search.index_dir", s.index_dir))
-    if s.backend in ("simulate_prompt", "simulate_sft", "hybrid") and not s.urls:
-        need.append(("search.simulator_model", s.simulator_model))
-    out = []
-    for key, path in need:
-        if path and not os.path.exists(path) and not HUB_ID.match(str(path)):
-            out.append(f"config key '{key}': {path} not found ({os.path.abspath(path)})")
-    return out
 
 
 def deploy(cfg, name: str = "agent", route_prefix: str = "/"):
@@ -76,10 +56,9 @@ def main(argv=None):
     ns, overrides = parse_args(argv)
     apply_local_env()
     cfg = load_config(ns.config, overrides)
-    missing = missing_inputs(cfg)
-    if missing:
-        from zs_ray.config import ConfigError
-        raise ConfigError(f"{ns.config}: the agent's inputs are missing:\n  " + "\n  ".join(missing))
+    from zs_ray.preflight import check_config
+
+    check_config(cfg, "serve")  # the paths it reads, before Ray
     init_ray(num_cpus=cfg.resources.num_cpus)
     try:
         _, url = deploy(cfg, ns.name, ns.route_prefix)

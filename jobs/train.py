@@ -16,6 +16,9 @@ def main(argv=None):
         return 0
     apply_local_env()
     cfg = load_config(argv[0], argv[1:])
+    from zs_ray.preflight import check_config
+
+    check_config(cfg, "train")  # hardware and paths, before Ray or any model starts
     from zs_ray.trainer import run
 
     run(cfg)

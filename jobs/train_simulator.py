@@ -33,7 +33,9 @@ def main(cfg) -> dict:
             print(__doc__)
             return {}
         from zs_ray.config import load_config
+        from zs_ray.preflight import check_config
         cfg = load_config(args[0], args[1:])
+        check_config(cfg, "simulator")  # the model, questions, corpus it reads, before anything starts
     from zs_ray.runtime import apply_local_env
     from zs_ray.config import SimulatorSFTConfig
     from zs_ray.simulator_data import load_rows

@@ -9,5 +9,5 @@
 # overrides after the pairs. The mapping is documented in zs_ray/seed_compat.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python}"
+. scripts/python.sh  # PY: $PYTHON, else ./.venv/bin/python, else python3 on PATH
 exec "$PY" -m zs_ray.seed_compat grpo "$@"

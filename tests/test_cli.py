@@ -33,3 +33,33 @@ def test_config_shows_resolved(capsys):
 def test_unknown_command():
     with pytest.raises(SystemExit):
         main(["nope"])
+
+
+def test_missing_policy_path_is_refused_before_anything_starts(capsys, tmp_path):
+    """A wrong path names its key and the path (no hub error from transformers, no traceback, no Ray)."""
+    import ray
+
+    world = tmp_path / "world"
+    world.mkdir()
+    (world / "train.jsonl").write_text("{}\n")
+    rc = main(["train", "configs/cpu_default.yaml", "model.policy_path=runs/x/does_not_exist",
+               f"data.train_files=[{world}/train.jsonl]", f"data.test_files=[{world}/gone.jsonl]",
+               f"trainer.output_dir={tmp_path}/out", "trainer.eval_every=5", "tracking.enabled=false"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "Traceback" not in err and "Repo id" not in err
+    assert "model.policy_path: no such model folder: runs/x/does_not_exist" in err
+    assert f"data.test_files[0]: no such file or folder: {world}/gone.jsonl" in err  # all of them, in one error
+    assert not ray.is_initialized() and not (tmp_path / "out").exists()
+
+
+def test_gpu_recipe_on_a_cpu_machine_prints_the_preflight_alone(capsys):
+    import glob
+
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: the preflight passes here")
+    recipe = sorted(glob.glob("configs/recipes/qwen2.5-3b-base_sft14b_grpo.yaml"))[0]
+    rc = main(["train", recipe])
+    err = capsys.readouterr().err
+    assert rc != 0 and "Traceback" not in err
+    assert err.startswith("zs-ray train: preflight failed") and "no CUDA GPU" in err

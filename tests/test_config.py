@@ -81,7 +81,9 @@ def test_override_without_equals():
     (["search.backend=bm25"], "search.corpus"),
     (["search.backend=http"], "search.urls"),
     (["resources.device=tpu"], "resources.device"),
-    (["trainer.resume=/no/such/checkpoint"], "trainer.resume"),
+    (["model.quantization=awq", "rollout.engine=hf"], "model.quantization"),
+    (["search.hybrid_fallback=google"], "search.hybrid_fallback"),
+    (["search.backend=hybrid", "search.urls=[http://h:1]", "search.hybrid_fallback=retriever"], "search.retriever_urls"),
     (["resources.num_cpus=2", "resources.rollout_workers=4"], "resources.num_cpus"),
 ])
 def test_impossible_values_name_the_key(ov, key):
@@ -156,3 +158,16 @@ def test_save_config_without_secrets_round_trips(tmp_path):
     back = load_config(str(path))
     assert back.trainer.steps == 17 and back.search.max_tokens == 600
     assert to_dict(back)["rollout"] == to_dict(c)["rollout"]
+
+
+def test_hybrid_retriever_fallback_has_its_own_urls():
+    """search.urls are the hybrid backend's simulator servers; its retriever fallback reads search.retriever_urls."""
+    c = load_config(None, REQ + ["search.backend=hybrid", "search.urls=[http://h:1]", "search.hybrid_fallback=retriever",
+                                 "search.retriever_urls=[http://r:2]"])
+    assert list(c.search.urls) == ["http://h:1"] and list(c.search.retriever_urls) == ["http://r:2"]
+
+
+def test_resume_path_is_checked_by_preflight_not_at_load():
+    """A missing trainer.resume folder is listed with every other missing path (zs_ray.preflight.path_problems);
+    the config itself loads, e.g. to be shown with `zs-ray config`."""
+    assert load_config(None, REQ + ["trainer.resume=/no/such/checkpoint"]).trainer.resume == "/no/such/checkpoint"

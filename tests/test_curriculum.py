@@ -61,3 +61,22 @@ def test_coin_frequency_matches_p(p):
     n = 20_000
     freq = sum(is_noisy(p, 1, 5, f"call-{i}") for i in range(n)) / n
     assert abs(freq - p) < 0.015  # > 4 sigma at n = 20000
+
+
+def test_noise_at_is_the_one_rule():
+    """Driver log and search clients both read noise_at: enabled=false is a constant p = end from step 0 (the
+    schema's rule), no section is no noise, and a schedule needs total_steps."""
+    from zs_ray.config import load_config, to_dict
+    from zs_ray.curriculum import noise_at
+
+    cfg = load_config(None, ["model.policy_path=x", "search.simulator_model=s", "curriculum.enabled=false",
+                             "curriculum.start=0.1", "curriculum.end=0.4"])
+    section = {**to_dict(cfg)["curriculum"], "total_steps": 10}
+    assert [noise_at(section, s) for s in (0, 5, 10, 50)] == [0.4] * 4
+    on = {**section, "enabled": True}
+    assert noise_at(on, 0) == pytest.approx(0.1) and noise_at(on, 10) == pytest.approx(0.4)
+    assert noise_at(on, 5) == pytest.approx(noise_probability(5, 10, 0.1, 0.4, 4.0))
+    assert noise_at(None, 3) == 0.0 and noise_at({}, 3) == 0.0
+    with pytest.raises(ValueError, match="total_steps"):
+        noise_at({"enabled": True, "total_steps": None}, 0)
+    assert noise_at({"enabled": False, "total_steps": None, "end": 0.3}, 7) == 0.3  # no schedule: none needed

@@ -238,3 +238,91 @@ def test_hub_cli(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["download", "qwen2.5-3b", str(tmp_path)]) == 2
     assert "HF_HUB_OFFLINE" in capsys.readouterr().err
+
+
+# ---- the config's paths (zs_ray.preflight.path_problems): refused before anything starts, each by its key ----
+def _world(tmp_path):
+    """Every path a CPU train/eval/serve/simulator config reads, present on disk."""
+    paths = {k: tmp_path / k for k in ("policy", "sim", "ref", "ckpt", "index")}
+    for p in paths.values():
+        p.mkdir()
+    for k in ("train.jsonl", "test.jsonl", "corpus.jsonl", "q.jsonl"):
+        (tmp_path / k).write_text("{}\n")
+        paths[k] = tmp_path / k
+    return {k: str(v) for k, v in paths.items()}
+
+
+def _paths_cfg(w, *extra):
+    return load_config(None, [f"model.policy_path={w['policy']}", f"search.simulator_model={w['sim']}",
+                              f"data.train_files=[{w['train.jsonl']}]", f"data.test_files=[{w['test.jsonl']}]",
+                              f"search.corpus={w['corpus.jsonl']}", f"model.reference_path={w['ref']}",
+                              f"trainer.resume={w['ckpt']}", "trainer.eval_every=5", *extra])
+
+
+def test_existing_paths_pass(tmp_path):
+    from zs_ray.preflight import path_problems
+
+    w = _world(tmp_path)
+    cfg = _paths_cfg(w, f"search.index_dir={tmp_path}/not_built_yet")  # built from the corpus: may be missing
+    for command in ("train", "eval", "serve", "simulator"):
+        assert path_problems(cfg, command) == [], command
+
+
+def test_every_missing_path_is_named_by_its_key(tmp_path, monkeypatch):
+    from zs_ray.preflight import path_problems
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    w = _world(tmp_path)
+    gone = lambda name: str(tmp_path / "gone" / name)  # noqa: E731
+    cfg = _paths_cfg(w, f"model.policy_path={gone('policy')}", f"model.critic_path={gone('critic')}",
+                     f"search.simulator_model={gone('sim')}", f"data.train_files=[{w['train.jsonl']},{gone('t.jsonl')}]",
+                     f"data.test_files=[{gone('test.jsonl')}]", f"search.corpus={gone('c.jsonl')}",
+                     f"trainer.resume={gone('ckpt')}")
+    problems = path_problems(cfg, "train")
+    expected = {"model.policy_path": "policy", "model.critic_path": "critic", "search.simulator_model": "sim",
+                "data.train_files[1]": "t.jsonl", "data.test_files[0]": "test.jsonl", "search.corpus": "c.jsonl",
+                "trainer.resume": "ckpt"}
+    assert len(problems) == len(expected)
+    for key, name in expected.items():
+        assert any(p.startswith(f"{key}: ") and p.endswith(gone(name)) for p in problems), (key, problems)
+    # eval reads the policy, the simulator (served here) and the test files, not the training files
+    assert {p.split(":")[0] for p in path_problems(cfg, "eval")} == {
+        "model.policy_path", "search.simulator_model", "data.test_files[0]"}
+    assert {p.split(":")[0] for p in path_problems(cfg, "eval", search=False)} == {"model.policy_path",
+                                                                                   "data.test_files[0]"}
+    # an external simulator (search.urls) is not a path here
+    ext = _paths_cfg(w, "search.urls=[http://127.0.0.1:1/v1]", f"search.simulator_model={gone('sim')}")
+    assert path_problems(ext, "serve") == []
+    # no corpus: the index folder must then exist
+    bm25 = _paths_cfg(w, "search.backend=bm25", "search.corpus=null", f"search.index_dir={gone('idx')}")
+    assert path_problems(bm25, "serve") == [f"search.index_dir: no such file or folder: {gone('idx')}"]
+
+
+def test_simulator_train_paths(tmp_path):
+    from zs_ray.preflight import path_problems
+
+    w = _world(tmp_path)
+    cfg = _paths_cfg(w, f"simulator_sft.base_model={tmp_path}/no_base", f"simulator_sft.questions=[{tmp_path}/no_q.jsonl]",
+                     f"simulator_sft.trajectories=[{w['q.jsonl']}]", f"simulator_sft.corpus={tmp_path}/no_c.jsonl")
+    assert {p.split(":")[0] for p in path_problems(cfg, "simulator")} == {
+        "simulator_sft.base_model", "simulator_sft.questions[0]", "simulator_sft.corpus"}
+
+
+def test_hub_ids_need_the_local_cache_when_offline(tmp_path, monkeypatch):
+    from zs_ray.preflight import hub_model_available
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not hub_model_available("Qwen/Qwen2.5-3B")  # not downloaded, no hub access
+    snap = tmp_path / "hub" / "models--Qwen--Qwen2.5-3B" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (tmp_path / "hub" / "models--Qwen--Qwen2.5-3B" / "refs").mkdir()
+    (tmp_path / "hub" / "models--Qwen--Qwen2.5-3B" / "refs" / "main").write_text("abc")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert hub_model_available("Qwen/Qwen2.5-3B")  # downloaded before (zs-ray download)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert hub_model_available("meta-llama/Llama-3.2-3B")  # hub access on: loading downloads it
+    (tmp_path / "runs").mkdir()
+    assert not hub_model_available("runs/policy")  # a local folder that is not there, never a hub id
+    assert not hub_model_available("runs/x/does_not_exist")

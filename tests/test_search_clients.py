@@ -158,6 +158,30 @@ class _CountingHandle(_FakeHandle):
         return go()
 
 
+def test_hybrid_retriever_fallback_reads_retriever_urls():
+    """hybrid: search.urls would be an external simulator's; the retriever fallback has its own schema key."""
+    from zs_ray.config import load_config, to_dict
+
+    srv, url = _serve(lambda path, body: (200, {"result": [[{"document": {"contents": '"T"\nretrieved text'}}]]}))
+    try:
+        cfg = load_config(None, ["model.policy_path=x", "search.simulator_model=s", "search.backend=hybrid",
+                                 "search.hybrid_fallback=retriever", f"search.retriever_urls=[{url}]",
+                                 "search.hybrid_threshold=0.0"])
+        hy = make_search_backend(to_dict(cfg)["search"], None, handle=_FakeHandle())
+        assert isinstance(hy.real, RetrieverSearch) and hy.real.pool.urls == [url]
+        r = asyncio.run(hy.search("q", "Q", ["a"]))  # the fake simulator's mean log-prob -1.0 < 0.0: falls back
+        assert r.fallback and r.docs == ["T: retrieved text"]
+    finally:
+        srv.shutdown()
+
+
+def test_disabled_curriculum_coin_uses_end():
+    """curriculum.enabled=false: the client's coin uses p = end, as the driver logs it (curriculum.noise_at)."""
+    s = SimulatorSearch(_FakeHandle(), curriculum=dict(enabled=False, start=0.0, end=1.0, total_steps=10))
+    assert s.curriculum.p(0) == 1.0 and all(s.curriculum.noisy(0, f"k{i}") for i in range(20))
+    assert SimulatorSearch(_FakeHandle(), curriculum=None).curriculum.p(5) == 0.0  # evaluation: no noise
+
+
 def test_share_identical_one_generation_per_query_coin_and_step():
     cur = dict(start=0.5, end=0.5, total_steps=10, enabled=False)  # p = 0.5: both coins occur among 40 keys
 

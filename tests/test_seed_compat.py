@@ -155,3 +155,46 @@ def test_main_exit_codes(capsys):
         assert main(["grpo", *SEED_CMD]) == 3
         err = capsys.readouterr().err
         assert "no CUDA GPU" in err
+
+
+def _minimal_env(**extra):
+    """A fresh shell's environment: no activated venv, no PYTHONPATH, nothing of this test run."""
+    return {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), **extra}
+
+
+def test_the_script_in_a_minimal_env_stops_at_preflight_without_traceback():
+    """`bash scripts/train_grpo.sh ...` from a fresh shell (venv not activated): the preflight message alone."""
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: the preflight passes here")
+    out = subprocess.run(["bash", "scripts/train_grpo.sh", "NUM_GPUS_PER_NODE", "4", "MODEL_PATH", "Llama-3.2-3B"],
+                         cwd=ROOT, capture_output=True, text=True, env=_minimal_env(PYTHON=sys.executable),
+                         timeout=300)
+    assert out.returncode != 0
+    assert "preflight failed" in out.stderr and "no CUDA GPU" in out.stderr
+    assert "Traceback" not in out.stderr and "ModuleNotFoundError" not in out.stderr
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo", "reinforce"])
+def test_the_scripts_pick_the_project_venv(tmp_path, algo):
+    """$PYTHON, else ./.venv/bin/python (scripts/install.sh's, not activated), else python3 on PATH."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for name in (f"train_{algo}.sh", "python.sh"):
+        (repo / "scripts" / name).write_text(open(os.path.join(ROOT, "scripts", name)).read())
+
+    def fake(path, label):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f'#!/bin/sh\necho "{label} $*"\n')
+        path.chmod(0o755)
+
+    def run(**env):
+        return subprocess.run(["bash", f"scripts/train_{algo}.sh", "TOTAL_STEPS", "3"], cwd=repo, capture_output=True,
+                              text=True, env=_minimal_env(**env), timeout=60)
+    fake(tmp_path / "bin" / "python3", "path-python3")
+    path = f"{tmp_path}/bin:/usr/bin:/bin"
+    assert run(PATH=path).stdout.strip() == f"path-python3 -m zs_ray.seed_compat {algo} TOTAL_STEPS 3"
+    fake(repo / ".venv" / "bin" / "python", "venv-python")
+    assert run(PATH=path).stdout.strip() == f"venv-python -m zs_ray.seed_compat {algo} TOTAL_STEPS 3"
+    fake(tmp_path / "mine", "mine")
+    assert run(PATH=path, PYTHON=str(tmp_path / "mine")).stdout.startswith("mine -m zs_ray.seed_compat")

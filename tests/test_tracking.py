@@ -49,3 +49,28 @@ def test_tracker_failure_is_counted_not_raised(tmp_path):
     t.finish()
     assert t.failures >= 1
     assert "FAILED" in t.summary()
+
+
+def test_runs_are_named_and_tagged_by_what_they_are(tmp_path):
+    """Not MLflow's random "aged-cat-18": stage-algorithm-search-seed, and tags the UI filters on."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = load_config(None, ["model.policy_path=runs/q/policy_warm/", "search.simulator_model=sim",
+                             "trainer.seed=3", f"trainer.output_dir={tmp_path}/run", f"tracking.uri={uri}"])
+    other = load_config(None, ["model.policy_path=x", "search.backend=bm25", "search.corpus=c.jsonl",
+                               "algorithm.name=ppo", f"tracking.uri={uri}", "tracking.run_name=my-run"])
+    for c, stage in ((cfg, "train"), (cfg, "eval-agent"), (other, "train")):  # one active MLflow run at a time
+        t = Tracker(c, stage=stage)
+        t.finish()
+        assert t.failures == 0
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], filter_string="tags.`zs_ray.seed` = '3'")
+    by_name = {r["tags.mlflow.runName"]: r for _, r in runs.iterrows()}
+    assert set(by_name) == {"train-grpo-simulate_sft-s3", "eval-agent-grpo-simulate_sft-s3"}
+    r = by_name["train-grpo-simulate_sft-s3"]
+    assert (r["tags.zs_ray.stage"], r["tags.zs_ray.algorithm"], r["tags.zs_ray.search"], r["tags.zs_ray.model"]) == (
+        "train", "grpo", "simulate_sft", "policy_warm")
+    assert by_name["eval-agent-grpo-simulate_sft-s3"]["tags.zs_ray.stage"] == "eval-agent"
+    ppo = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], filter_string="tags.`zs_ray.algorithm` = 'ppo'")
+    assert list(ppo["tags.mlflow.runName"]) == ["my-run"] and list(ppo["tags.zs_ray.search"]) == ["bm25"]

@@ -108,7 +108,7 @@ def log_mlflow(rows: list[Row], mode: str, info: dict, text: str, root: str, log
 
         os.makedirs(root, exist_ok=True)
         set_experiment(f"sqlite:///{os.path.join(root, 'mlflow.db')}", "zs-ray-bench")
-        with mlflow.start_run(run_name=f"bench-{mode}"):
+        with mlflow.start_run(run_name=f"bench-{mode}", tags={"zs_ray.stage": "bench", "zs_ray.bench_mode": mode}):
             mlflow.log_params({"mode": mode, **{k: str(v) for k, v in info.items()}})
             for r in rows:
                 key = re.sub(r"[^0-9a-zA-Z_]+", "_", r.figure).strip("_")[:200]

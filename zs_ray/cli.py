@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv[:1])
     module = importlib.import_module(COMMANDS[ns.command][0])
     from .config import ConfigError
+    from .preflight import PreflightError
 
     try:
         rc = module.main(argv[1:])
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"zs-ray {ns.command}: config error: {e}", file=sys.stderr)
         return 2
+    except PreflightError as e:  # the message lists every problem: a traceback would only hide it
+        print(f"zs-ray {ns.command}: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

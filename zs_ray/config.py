@@ -41,6 +41,7 @@ class ModelConfig:
     # None: every weight learns. N: only the top N decoder layers (+ final norm) of the policy and critic learn;
     # the embeddings and lower layers stay frozen, and the weight sync sends only what learns.
     trainable_layers: Optional[int] = None
+    quantization: Optional[str] = None  # rollout engine (vLLM), e.g. "awq" / "gptq" / "fp8"; training is unquantized
 
 
 @dataclass
@@ -55,6 +56,7 @@ class SearchConfig:
     max_doc_words: Optional[int] = None  # bm25: each passage cut to its first N words (None: whole)
     index_dir: Optional[str] = None  # saved bm25s index (built from corpus when missing)
     urls: list[str] = field(default_factory=list)  # external OpenAI-compatible simulators / retrievers
+    retriever_urls: list[str] = field(default_factory=list)  # hybrid_fallback=retriever (urls are its simulator's)
     api_key: Optional[str] = None  # redacted in logs and MLflow params
     model_name: Optional[str] = None  # model name sent to an external OpenAI-compatible server
     timeout_s: float = 60.0
@@ -75,6 +77,7 @@ class SearchConfig:
     http_port: int = 8000
     max_model_len: int = 2048
     kv_cache_gb: float = 1.0  # vLLM CPU KV-cache space of the simulator engine (GPU: gpu_memory_utilization)
+    gpu_memory_utilization: float = 0.3  # GPU share of the simulator engine (weights + KV cache)
     tensor_parallel_size: int = 1
     quantization: Optional[str] = None  # e.g. "awq" / "gptq" through vLLM
     app_name: str = "simulator"  # the Serve application of the simulator
@@ -180,8 +183,7 @@ class ResourcesConfig:
     gpus_per_rollout_worker: float = 0.0
     gpus_per_simulator: float = 0.0
     threads_per_actor: int = 1
-    # The frozen KL reference lives in the actor workers' processes, sharded like the policy: no extra
-    # processes (or GPUs). False: its own FSDP worker group (its own placement group).
+    # True: the frozen KL reference shares the actor workers' processes, sharded like the policy; False: its own group
     colocate_reference: bool = True
     placement_timeout_s: float = 120.0
     policy_node_resource: Optional[str] = None  # custom resource that marks policy nodes
@@ -291,8 +293,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
         except Exception as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(file_cfg, DictConfig):
-            raise ConfigError(f"{path}: the top level must be a mapping of config sections, "
-                              f"got {type(file_cfg).__name__}")
+            raise ConfigError(f"{path}: the top level must be a mapping of config sections, got {type(file_cfg).__name__}")
         try:
             cfg = OmegaConf.merge(cfg, file_cfg)
         except OmegaConfBaseException as e:
@@ -338,6 +339,7 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.rollout.n_samples >= 1, "rollout.n_samples", "must be >= 1")
     _check(cfg.rollout.engine in ("vllm", "hf"), "rollout.engine", "must be vllm or hf")
     _check(cfg.rollout.max_turns >= 0, "rollout.max_turns", "must be >= 0")
+    _check(not cfg.model.quantization or cfg.rollout.engine == "vllm", "model.quantization", "needs rollout.engine=vllm")
     _check(cfg.rollout.weight_sync in WEIGHT_SYNC_MODES, "rollout.weight_sync", f"must be one of {WEIGHT_SYNC_MODES}")
     if cfg.rollout.weight_sync == "nccl":  # the hardware is checked later, where it runs (zs_ray.weight_sync)
         r = cfg.resources
@@ -350,10 +352,7 @@ def validate(cfg: DictConfig) -> None:
     _check(0.0 <= cfg.curriculum.end <= 1.0, "curriculum.end", "must be in [0, 1]")
     _check(cfg.curriculum.base > 0, "curriculum.base", "must be > 0")
     _check(cfg.curriculum.coin in ("call", "group"), "curriculum.coin", "must be 'call' or 'group'")
-    _check(cfg.trainer.resume in ("never", "auto") or os.path.isdir(cfg.trainer.resume), "trainer.resume",
-           f"must be 'never', 'auto' or an existing checkpoint folder, got {cfg.trainer.resume!r}")
-    if cfg.search.backend in ("simulate_prompt", "simulate_sft") or (
-            cfg.search.backend == "hybrid"):
+    if cfg.search.backend in ("simulate_prompt", "simulate_sft", "hybrid"):
         _check(bool(cfg.search.simulator_model) or bool(cfg.search.urls), "search.simulator_model",
                f"search.backend={cfg.search.backend} needs a simulator model (or search.urls of an external server)")
     if cfg.search.backend == "bm25" or (cfg.search.backend == "hybrid" and cfg.search.hybrid_fallback == "bm25"):
@@ -361,6 +360,9 @@ def validate(cfg: DictConfig) -> None:
                "BM25 search needs search.corpus (a {id, contents} jsonl) or search.index_dir")
     if cfg.search.backend in ("http", "retriever"):
         _check(len(cfg.search.urls) > 0, "search.urls", f"search.backend={cfg.search.backend} needs at least one URL")
+    _check(cfg.search.hybrid_fallback in ("bm25", "retriever"), "search.hybrid_fallback", "must be bm25 or retriever")
+    _check(cfg.search.backend != "hybrid" or cfg.search.hybrid_fallback != "retriever" or cfg.search.retriever_urls,
+           "search.retriever_urls", "hybrid_fallback=retriever needs retrieval server URLs (urls are the simulator's)")
     _check(cfg.resources.device in ("cpu", "cuda"), "resources.device", "must be cpu or cuda")
     for k in ("policy_workers", "rollout_workers", "simulator_replicas"):
         _check(cfg.resources[k] >= 1, f"resources.{k}", "must be >= 1")
@@ -368,9 +370,8 @@ def validate(cfg: DictConfig) -> None:
         need = (cfg.resources.policy_workers * cfg.resources.cpus_per_policy_worker
                 + cfg.resources.rollout_workers * cfg.resources.cpus_per_rollout_worker
                 + cfg.resources.simulator_replicas * cfg.resources.cpus_per_simulator)
-        _check(need <= cfg.resources.num_cpus + 1e-9, "resources.num_cpus",
-               f"the actors ask for {need:g} CPUs but resources.num_cpus={cfg.resources.num_cpus:g}; "
-               "lower the workers or cpus_per_* settings")
+        _check(need <= cfg.resources.num_cpus + 1e-9, "resources.num_cpus", f"the actors ask for {need:g} CPUs but "
+               f"resources.num_cpus={cfg.resources.num_cpus:g}; lower the workers or cpus_per_* settings")
     _check(cfg.algorithm.micro_batch_size >= 1, "algorithm.micro_batch_size", "must be >= 1")
     _check(cfg.model.trainable_layers is None or cfg.model.trainable_layers >= 0, "model.trainable_layers",
            "must be >= 0 (the number of top decoder layers that learn) or null (all)")

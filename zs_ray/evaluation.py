@@ -162,16 +162,8 @@ def select_rows(rows: Sequence[dict], max_rows: Optional[int]) -> list[dict]:
     return out
 
 
-def engine_kwargs(cfg) -> dict:
-    r, m = cfg.rollout, cfg.model
-    return dict(dtype=m.dtype, max_model_len=r.max_context_tokens, seed=r.seed, kv_cache_gb=r.kv_cache_gb,
-                max_num_seqs=r.max_num_seqs, enforce_eager=r.enforce_eager, device=cfg.resources.device,
-                tensor_parallel_size=r.tensor_parallel_size, gpu_memory_utilization=r.gpu_memory_utilization,
-                trust_remote_code=m.trust_remote_code)
-
-
 def build_engine(cfg, model_path: Optional[str] = None):
-    from .engine import make_engine
+    from .engine import engine_kwargs, make_engine
 
     return make_engine(cfg.rollout.engine, model_path or cfg.model.policy_path, **engine_kwargs(cfg))
 
@@ -347,7 +339,7 @@ def run_evaluation(cfg, *, mode: str = "agent", max_rows: Optional[int] = None, 
     if tracking:
         from .tracking import Tracker
 
-        tracker = Tracker(cfg)
+        tracker = Tracker(cfg, stage=f"eval-{mode}")
         tracker.set_tags({"zs_ray.job": "eval", "eval.mode": mode, "eval.search_backend": backend,
                           "eval.search": searched["label"], "eval.search_real": str(searched["real"]).lower()})
         tracker.log_metrics({**flat_metrics(summary), "eval/elapsed_s": elapsed}, step=0)

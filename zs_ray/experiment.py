@@ -123,7 +123,7 @@ def run_table(out: str = "runs/quickstart", preset: str = "full", seed: int = 0,
         results["ZeroSearch policy, no search at test time"] = a(res["summary"])
     elapsed = time.perf_counter() - t0
     paths = write_table(results, curves, tdir, elapsed, preset, steps, warm_steps, reused)
-    tracker = Tracker(OmegaConf.merge(cfg, {"tracking": {"run_name": f"table{tag}"}}))
+    tracker = Tracker(OmegaConf.merge(cfg, {"tracking": {"run_name": f"table{tag}"}}), stage="table")
     for p in paths.values():
         tracker.log_artifact(p, "table")
     tracker.finish()

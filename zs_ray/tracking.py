@@ -35,8 +35,20 @@ def set_experiment(uri: str, name: str) -> None:
     mlflow.set_experiment(name)
 
 
+def run_identity(cfg, stage: str = "train") -> tuple[str, dict[str, str]]:
+    """(run name, tags) saying what a run is, so runs read and filter by it in the MLflow UI rather than by a
+    random name: `<stage>-<algorithm>-<search backend>-s<seed>` unless tracking.run_name is set, and the tags
+    zs_ray.stage / algorithm / search / seed / model (the policy folder's name)."""
+    algo, search, seed = cfg.algorithm.name, cfg.search.backend, cfg.trainer.seed
+    tags = {"zs_ray.stage": stage, "zs_ray.algorithm": algo, "zs_ray.search": search, "zs_ray.seed": str(seed),
+            "zs_ray.model": os.path.basename(str(cfg.model.policy_path).rstrip("/"))}
+    return cfg.tracking.run_name or f"{stage}-{algo}-{search}-s{seed}", tags
+
+
 class Tracker:
-    def __init__(self, cfg, enabled: bool = True):
+    def __init__(self, cfg, enabled: bool = True, stage: str = "train"):
+        """`stage`: what the run is (train, eval-agent, table, ...), in its name and tags (`run_identity`)."""
+        self.stage = stage
         self.failures = 0
         self._warned = False
         self.run_id: Optional[str] = None
@@ -56,8 +68,10 @@ class Tracker:
 
         set_experiment(self.uri, cfg.tracking.experiment)
         run_id = os.environ.get("MLFLOW_RUN_ID")
-        run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=cfg.tracking.run_name)
+        name, tags = run_identity(cfg, self.stage)
+        run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=name)
         self.run_id = run.info.run_id
+        mlflow.set_tags(tags)  # an attached run (MLFLOW_RUN_ID) keeps its name but gets the tags
         params = {k: ("" if v is None else str(v))[:500] for k, v in flatten(redacted(cfg)).items()}
         items = list(params.items())
         for i in range(0, len(items), 90):  # MLflow caps params per batch call

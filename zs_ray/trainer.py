@@ -18,7 +18,7 @@ from .algorithms import (gae, group_spread, grpo_advantages, masked_whiten, ppo_
                          tied_groups)
 from .batch import collate
 from .config import save_config
-from .curriculum import noise_probability
+from .curriculum import noise_at
 from .data import load_dataset_files
 from .schedule import may_launch, may_train, prompts_for_step
 from .tracking import Tracker
@@ -72,7 +72,7 @@ class Trainer:
         # The same arguments every time, so a dead rollout worker is replaced by an identical one.
         new_rollout = lambda i: RolloutWorker.options(**self.placement.rollout_options(i)).remote(  # noqa: E731
             m.policy_path, _plain(cfg.rollout), self.search_cfg, i, cfg.trainer.seed, r.device,
-            cfg.resources.threads_per_actor, eval_search)
+            cfg.resources.threads_per_actor, eval_search, model)
         self.rollout = RolloutPool(new_rollout, r.rollout_workers, self.policy, self.weight_sync,
                                    cfg.trainer.rollout_timeout_s, cfg.trainer.sync_timeout_s, progress,
                                    self._await_rollout_bundle)
@@ -97,11 +97,7 @@ class Trainer:
     def _start_search(self) -> dict:
         """Deploy the Serve simulator when the backend needs one and no external URL is given."""
         s = _plain(self.cfg.search)
-        c = self.cfg.curriculum
-        # No curriculum = the final noise probability from the first step on (no easy-to-hard schedule).
-        start = c.start if c.enabled else c.end
-        s["curriculum"] = {"start": start, "end": c.end, "base": c.base, "total_steps": self.curriculum_steps,
-                           "coin": c.coin}
+        s["curriculum"] = {**_plain(self.cfg.curriculum), "total_steps": self.curriculum_steps}  # read by noise_at
         s["seed"] = self.cfg.trainer.seed
         if s["backend"] == "bm25":
             s.update(self._bm25_cfg() or {})
@@ -264,8 +260,7 @@ class Trainer:
         """The noise probability the simulator clients use at `step` (0 for real-search backends)."""
         if self.cfg.search.backend not in ("simulate_prompt", "simulate_sft", "hybrid", "http"):
             return 0.0
-        c = self.search_cfg["curriculum"]
-        return noise_probability(step, c["total_steps"], c["start"], c["end"], c["base"])
+        return noise_at(self.search_cfg["curriculum"], step)
 
     def evaluate(self) -> dict:
         """Greedy rollouts on held-out rows with real search, spread over the rollout workers."""
