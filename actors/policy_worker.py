@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from zs_ray.algorithms import actor_microbatch_loss, lr_factor, token_entropy, token_logprobs, value_loss
-from zs_ray.batch import micro_batches, pad_columns, trim_padding
+from zs_ray.batch import from_column, micro_batches, pad_columns, response_window, trim_padding
 from zs_ray.layers import decoder_layers, freeze_lower_layers
 from zs_ray.runtime import LOOPBACK
 from zs_ray.weight_sync import NcclGroup, broadcast_state, pack_meta
@@ -133,10 +133,16 @@ class PolicyWorker:
             mb, T = trim_padding(mb)  # drop all-padding tail columns: less compute, same result
             yield {k: v.to(self.device) for k, v in mb.items()}, T
 
-    def _forward(self, mb, model=None):
-        if self.role == "critic":
-            return self.model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"])
-        return (model or self.model)(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
+    def _values(self, mb):
+        return self.model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"])  # the Critic's [B, T]
+
+    def _lm(self, mb, model=None):
+        """(logits from column `start` on, the micro-batch cut to those columns, start): the whole sequence is
+        attended to, but the output layer skips the prompt-only columns (zs_ray.batch.response_window)."""
+        start = response_window(mb)
+        keep = int(mb["input_ids"].shape[1]) - start
+        out = (model or self.model)(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], logits_to_keep=keep)
+        return out.logits, from_column(mb, start), start
 
     @torch.no_grad()
     def compute_logprobs(self, batch: dict, with_entropy: bool = False, reference: bool = False) -> dict:
@@ -148,10 +154,11 @@ class PolicyWorker:
         model.eval()
         lps, ents = [], []
         for mb, T in self._mb_iter(batch):
-            logits = self._forward(mb, model)
-            lps.append(pad_columns(token_logprobs(logits, mb["input_ids"]).cpu(), T))
+            logits, sub, start = self._lm(mb, model)
+            full = lambda x: pad_columns(torch.nn.functional.pad(x, (start, 0)).cpu(), T)  # noqa: E731
+            lps.append(full(token_logprobs(logits, sub["input_ids"])))
             if with_entropy:
-                ents.append(pad_columns(token_entropy(logits).cpu(), T))
+                ents.append(full(token_entropy(logits)))
         out = {"logprobs": torch.cat(lps)}
         if with_entropy:
             out["entropy"] = torch.cat(ents)
@@ -161,7 +168,7 @@ class PolicyWorker:
     def compute_values(self, batch: dict) -> dict:
         assert self.role == "critic", "compute_values needs role='critic'"
         self.model.eval()
-        vals = [pad_columns(self._forward(mb).cpu() * mb["attention_mask"].cpu(), T) for mb, T in self._mb_iter(batch)]
+        vals = [pad_columns(self._values(mb).cpu() * mb["attention_mask"].cpu(), T) for mb, T in self._mb_iter(batch)]
         return {"values": torch.cat(vals)}
 
     # ---- training steps
@@ -173,7 +180,7 @@ class PolicyWorker:
         if self.algo["epochs"] > 1 and "old_logprobs" not in batch:  # must stay fixed across epochs
             batch = {**batch, "old_logprobs": self.compute_logprobs(batch)["logprobs"]}
         return self._train(batch, global_tokens,
-                           lambda mb: actor_microbatch_loss(self._forward(mb), mb, global_tokens, self.algo))
+                           lambda mb: actor_microbatch_loss(*self._lm(mb)[:2], global_tokens, self.algo))
 
     def update_critic(self, batch: dict, global_tokens: int) -> dict:
         """Clipped value loss (clip = algo.value_clip, 0.5) against batch['returns'], old batch['values']."""
@@ -183,7 +190,7 @@ class PolicyWorker:
             raise ValueError(f"update_critic: the batch needs {sorted(missing)} (old values and GAE returns, [B, T])")
 
         def loss_fn(mb):
-            v = self._forward(mb)
+            v = self._values(mb)
             loss = value_loss(v, mb["values"], mb["returns"], mb["loss_mask"], global_tokens, self.algo["value_clip"])
             vmean = (v.detach() * mb["loss_mask"]).sum() / max(global_tokens, 1)
             return loss, {"vf_loss": loss.detach(), "value_mean": vmean}

@@ -76,17 +76,22 @@ def vocab(hf_ref):
 
 def test_logprobs_match_single_process_hf(groups, hf_ref, vocab):
     from zs_ray.algorithms import token_entropy, token_logprobs
+    from zs_ray.batch import response_window
 
     groups["g2"].load_checkpoint(groups["init"])
     b = make_batch(vocab, n=5)
     out = groups["g2"].compute_logprobs(b, with_entropy=True)
     with torch.no_grad():
         logits = hf_ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    # the output layer skips the columns that only predict prompt tokens: they hold 0 (no loss reads them)
+    start = response_window(b)
+    assert 0 < start < int(b["prompt_lens"].min())
     m = b["attention_mask"].float()
+    m[:, :start + 1] = 0
     assert out["logprobs"].shape == b["input_ids"].shape
     torch.testing.assert_close(out["logprobs"] * m, token_logprobs(logits, b["input_ids"]) * m, atol=1e-5, rtol=0)
     torch.testing.assert_close(out["entropy"] * m, token_entropy(logits) * m, atol=1e-5, rtol=0)
-    assert (out["logprobs"][:, 0] == 0).all()
+    assert (out["logprobs"][:, :start + 1] == 0).all() and (out["entropy"][:, :start + 1] == 0).all()
     # position t is log p(x_t | x_<t): check one entry by hand
     p = int(b["prompt_lens"][0])
     manual = torch.log_softmax(logits[0, p - 1], -1)[b["input_ids"][0, p]]

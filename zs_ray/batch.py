@@ -139,6 +139,19 @@ def trim_padding(batch: dict) -> tuple[dict, int]:
     return {k: (v[:, :L] if v.dim() >= 2 and v.shape[1] == T else v) for k, v in batch.items()}, T
 
 
+def response_window(batch: dict) -> int:
+    """The first column whose logits any row's loss can read: one before the shortest prompt's end. Earlier
+    columns only predict prompt tokens (loss mask 0), so the output layer may skip them: over a 49k
+    vocabulary and ~250-token chat prompts that is a large share of the logits of a batch."""
+    return max(0, int(batch["prompt_lens"].min()) - 1) if "prompt_lens" in batch else 0
+
+
+def from_column(batch: dict, start: int) -> dict:
+    """The batch's [B, T] tensors from column `start` on (other tensors as they are)."""
+    T = int(batch["input_ids"].shape[1])
+    return {k: (v[:, start:] if v.dim() >= 2 and v.shape[1] == T else v) for k, v in batch.items()}
+
+
 def pad_columns(x: torch.Tensor, T: int, value: float = 0.0) -> torch.Tensor:
     """Right-pad a [B, L] tensor back to [B, T]."""
     if x.shape[1] == T:
