@@ -1,4 +1,4 @@
-"""The trained search agent as a Ray Serve application: policy engine + real search (DESIGN.md §3).
+"""The trained search agent as a Ray Serve application: policy engine + real search (README, "Architecture").
 
 - `POST /ask {"question": ...}` -> `{"answer", "searches": [queries], "documents": [[docs of each
   search]], "trajectory": decoded multi-turn response, ...}`.

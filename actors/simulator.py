@@ -1,4 +1,4 @@
-"""The search simulator as a Ray Serve deployment: a frozen LLM on a vLLM engine (DESIGN.md §3).
+"""The search simulator as a Ray Serve deployment: a frozen LLM on a vLLM engine (README, "Architecture").
 
 - `simulate(query, question, answer, noisy, k, mode, confidence)` is what rollout workers call by
   handle; `confidence=True` adds the documents' mean token log-prob (the hybrid backend's signal),

@@ -1,11 +1,11 @@
-"""How fast does the tiny CPU-default policy learn to copy an answer out of documents? (issue 10)
+"""How fast does the tiny CPU-default policy learn to copy an answer out of documents?
 
 Pre-trains a fresh policy on the world's drills and prints, every `--probe-every` steps, the held-out copy
 accuracy (zs_ray.quickstart.copy_accuracy: clean BM25 demonstration cut after the final "<think> NAME ATTR is",
 the greedy continuation must be the value). `--task repeat` instead trains the most basic content copy — a
 random syllable sequence repeated after a random-length prefix — and prints the loss on the repeat only;
 `--task induction` the same with *distinct* words (zs_ray.prior_texts.induction_sequence): an induction head
-forms there ~7x sooner (session 4: 2 layers, batch 32, loss 0.32 at 1,000 steps vs ~7,500 with repeats).
+forms there ~7x sooner (2026-11-24: 2 layers, batch 32, loss 0.32 at 1,000 steps vs ~7,500 with repeats).
 
     python benchmarks/copy_skill.py --out runs/copy_skill --steps 1500 --recall 4 --topk 3
     python benchmarks/copy_skill.py --out runs/copy_skill --task repeat --steps 1500 --batch 16
@@ -14,7 +14,7 @@ forms there ~7x sooner (session 4: 2 layers, batch 32, loss 0.32 at 1,000 steps 
     python benchmarks/copy_skill.py --out runs/copy_skill --task induction --steps 1500 --batch 32 --layers 2 --ffn 128
     python benchmarks/copy_skill.py --out runs/copy_skill --layers 2 --ffn 128 --induction-steps 1500 --fact-recall
 
-Not a test: a measurement (minutes of CPU). Session-2 numbers are in the README and the closing note.
+Not a test: a measurement (minutes of CPU). What it found is in docs/experiments.md ("The quickstart and the prior").
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def init_previous_token_heads(model, offsets: list[int], amplitude: float = 10.0
     k = a (cos d*theta_i, sin d*theta_i), so q.k = a^2 cos((m - n - d) theta_i), largest at m - n = d;
     six pairs and a^2 = amplitude * sqrt(head_dim) put ~0.998 of the attention there. V reads an
     orthonormal slice of the (normed) token, O writes it at embedding scale. A test of whether the
-    previous-token feature is what the copy circuit lacks (session 3: it is not).
+    previous-token feature is what the copy circuit lacks (measured on 2026-11-24: it is not).
     """
     import math
 

@@ -1,5 +1,5 @@
 """The baseline for `zs-ray bench`: a rollout loop written the way the ZeroSearch / Search-R1 reference
-code does it, NOT how zs-ray does it (DESIGN.md §2 lists these as the things we avoid):
+code does it, NOT how zs-ray does it (each point below is what zs-ray's rollout avoids):
 
 - one synchronous batch, turn by turn: every active trajectory generates, then every search runs,
   then the next turn starts (a slow trajectory or search holds up the whole batch);

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install zs-ray into ./.venv on a fresh CPU machine (measured recipe: ../shared/MACHINE_NOTES.md).
+# Install zs-ray into ./.venv on a fresh CPU machine (the settings it relies on: docs/local_machine.md).
 # Idempotent: a second run only checks. Usage: bash scripts/install.sh [extras, default "cpu,dev"]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,4 +1,4 @@
-"""algorithms.py: GRPO / REINFORCE / GAE advantages, KL estimators and the actor loss (DESIGN.md §2)."""
+"""algorithms.py: GRPO / REINFORCE / GAE advantages, KL estimators and the actor loss (docs/method.md)."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""config.py: one typed schema; errors name the key (DESIGN.md §2 defaults)."""
+"""config.py: one typed schema; errors name the key; the defaults live only in the schema."""
 import pytest
 import yaml
 

@@ -1,4 +1,4 @@
-"""curriculum.py: p_i = p_s + (b^(i/m) - 1)/(b - 1) * (p_e - p_s) and the per-call coin (DESIGN.md §2)."""
+"""curriculum.py: p_i = p_s + (b^(i/m) - 1)/(b - 1) * (p_e - p_s) and the per-call coin (docs/method.md)."""
 import pytest
 
 from zs_ray.curriculum import is_noisy, noise_probability, uniform_from_key

@@ -1,7 +1,7 @@
 """A short GRPO run on an easy world must raise the training reward clearly.
 
-This is the suite's guard on the learning signal. Re-checked on session 22's code, one local branch per break
-(docs/experiments.md, "The learning test's guards"): GRPO advantages with the sign flipped, a loss mask over
+This is the suite's guard on the learning signal. Re-checked on 2026-12-06, one local branch per break
+(docs/experiments.md, "The learning test's breaks"): GRPO advantages with the sign flipped, a loss mask over
 every token (prompt and <information> included), no weight sync, and an engine that takes the new policy
 version but keeps its old weights each make it fail; the unbroken code passes with a clear margin.
 """

@@ -1,4 +1,4 @@
-"""protocol.py: the Search-R1 prompt, action parsing and environment texts (DESIGN.md §2)."""
+"""protocol.py: the Search-R1 prompt, action parsing and environment texts (docs/method.md)."""
 import pytest
 
 from zs_ray import protocol as P

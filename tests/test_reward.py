@@ -1,4 +1,4 @@
-"""reward.py: SQuAD normalisation, EM, cover-EM, F1 and the training reward (DESIGN.md §2)."""
+"""reward.py: SQuAD normalisation, EM, cover-EM, F1 and the training reward (docs/method.md)."""
 import pytest
 
 from zs_ray.reward import (cover_exact_match, exact_match, extract_answer, f1_score, normalize_answer,

@@ -174,7 +174,7 @@ def test_simulator_search_by_handle_follows_coin(simulator_deployment):
     from zs_ray.search_clients import SimulatorSearch
 
     # every question twice (48 sampled generations at temperature 0.8): with 16 the useful hit rate's standard
-    # error (~0.12) put a 0.56 draw of a ~0.7 model below the bar (CI, session 9)
+    # error (~0.12) put a 0.56 draw of a ~0.7 model below the bar (seen in CI, 2026-12-01)
     qs = simulator_deployment["questions"] * 2
 
     async def calls(p):

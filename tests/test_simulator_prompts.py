@@ -1,4 +1,4 @@
-"""simulator_prompts.py: the simulator's prompts and the parsing of its documents (DESIGN.md §2)."""
+"""simulator_prompts.py: the simulator's prompts and the parsing of its documents (docs/method.md)."""
 import pytest
 
 from zs_ray.simulator_prompts import NOISY_CUE, USEFUL_CUE, cut_at_next_doc, parse_documents, simulator_prompt

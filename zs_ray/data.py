@@ -1,7 +1,7 @@
 """QA data: load and validate Search-R1/ZeroSearch parquet or FlashRAG jsonl (which prompts a training step
 takes: zs_ray/schedule.py).
 
-Row format (DESIGN.md §2, the Search-R1/ZeroSearch parquet): `data_source`, `prompt` (chat list),
+Row format (the Search-R1/ZeroSearch parquet): `data_source`, `prompt` (chat list),
 `ability`, `reward_model.ground_truth.target` (list of str), `extra_info{split, index}`, plus
 `question`, `golden_answers` (and FlashRAG's `id` when present). Loaded parquet rows are kept
 unchanged; every row gets one added key, `prompt_id`, unique across all loaded files (GRPO groups

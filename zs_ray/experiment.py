@@ -1,6 +1,6 @@
 """The paper's table in miniature: every row with the same world, seeds and RL budget.
 
-Rows (issue 10): the warm start; the warm start + more SFT with the same number of trajectories as
+Rows: the warm start; the warm start + more SFT with the same number of trajectories as
 RL (the honest baseline); GRPO with real BM25 search (Search-R1); GRPO with the fine-tuned simulator
 and the curriculum (ZeroSearch); the prompt-based simulator; no curriculum; PPO and REINFORCE; and
 the ZeroSearch policy evaluated without search. Held-out EM uses real BM25 search at test time.

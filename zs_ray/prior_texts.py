@@ -1,4 +1,4 @@
-"""The text of the policy's prior (DESIGN.md §4, LEARNING_NOTES): warm-start demonstrations, copy drills
+"""The text of the policy's prior: warm-start demonstrations, copy drills
 on throwaway worlds, and the two copy tasks that come before the drills.
 
 Why the copy tasks (measured, docs/experiments.md): a tiny model trained from scratch on drills
@@ -29,7 +29,7 @@ def demonstration_turns(q: Question, docs_per_hop: list[list[str]]) -> list[tupl
     """(text, from_environment) segments of the response: policy turns and information blocks.
 
     The last think repeats the fact sentence and the answer copies its value from there: copying a
-    whole sentence out of a document is what LEARNING_NOTES found a tiny model can learn.
+    whole sentence out of a document is what a tiny model trained from scratch can learn.
     """
     (name, attr0), value = q.hops[0], q.answers[0]
     segs: list[tuple[str, bool]] = []

@@ -1,4 +1,4 @@
-"""The multi-turn search protocol of Search-R1 / ZeroSearch (DESIGN.md §2).
+"""The multi-turn search protocol of Search-R1 / ZeroSearch (docs/method.md).
 
 Pure text functions: the policy prompt, action parsing, observation and feedback texts.
 The rollout loop (zs_ray/rollout.py) applies them to the policy's *own* sampled tokens only,

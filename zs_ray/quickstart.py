@@ -18,7 +18,7 @@ DEFAULT_CONFIG = os.path.join(REPO, "configs", "cpu_default.yaml")
 
 # Budgets (optimiser steps / RL steps). "full" is the quickstart, fitted to 15 minutes on a 2-core CPU; "long" pre-
 # trains 50 % longer for a policy that copies far better (held-out copy accuracy 26 % -> 44 %, warm-start EM 13.9 ->
-# 26.7; 14:25 -> 17:12 here, session 9); "smoke" is for tests.
+# 26.7; 14:25 -> 17:12 on 2026-12-01); "smoke" is for tests.
 PRESETS = {
     "full": dict(induction_steps=1000, pretrain_steps=2000, warm_steps=300, sim_steps=1200, rl_steps=60,
                  eval_rows=200),
@@ -53,7 +53,7 @@ def in_child_process(fn, *args, **kw):
 
     A stage that trains or evaluates in the driver leaves memory behind in the process that ran it (the
     allocator keeps freed heap; an imported vLLM stays imported); run in a child, it goes back to the OS
-    when the stage ends instead of staying resident in the driver through GRPO (issue 9's memory target).
+    when the stage ends instead of staying resident in the driver through GRPO (the quickstart's 8 GiB budget).
     Arguments that do not pickle (a lambda as `progress`) make it run in this process instead.
     """
     import multiprocessing
@@ -118,7 +118,7 @@ def copy_probe_items(world_dir: str, n: int = 100, split: str = "test") -> list[
 def copy_accuracy(model, tok, items, chat: bool) -> dict:
     """Share of `items` (copy_probe_items) whose answer the model copies from the documents, greedily.
 
-    Copying the value out of the documents is the skill LEARNING_NOTES found to be the bottleneck, so the
+    Copying the value out of the documents is the skill that limits a tiny policy (docs/experiments.md), so the
     prior stage reports it. `chat`: the chat-templated prompt (warm start) or the drills' "Question:" form.
     """
     import torch
@@ -179,7 +179,7 @@ def build_prior(out: str, pretrain_steps: int, warm_steps: int, seed: int = 0, p
     texts = [t for t in open(p["pretrain"]).read().split(PRETRAIN_SEPARATOR) if t.strip()]
     # The drills' documents are context, not targets (as in RL): their values are random, so learning to predict
     # them only adds noise; masked, the loss is on the turns and recall answers that copy out of them. Held-out copy
-    # accuracy after the warm start, 3,000 drill steps: 15 % -> 42 % / 35 % (seeds 0 / 1; session 9,
+    # accuracy after the warm start, 3,000 drill steps: 15 % -> 42 % / 35 % (seeds 0 / 1; 2026-12-01,
     # docs/experiments.md).
     examples = [encode_text_example(tok, t, mask_information=True) for t in texts]
     examples += [encode_segments(tok, segs) for t in texts for segs in fact_recall(rng, t)]
@@ -250,7 +250,7 @@ def run(out: str = "runs/quickstart", preset: str = "full", seed: int = 0, overr
              f"the console" if logs else "verbose: every process logs to the console")
     progress(f"zs-ray quickstart, preset {preset}, outputs in {out}; {where}")
     cfg = quickstart_config(out, [f"trainer.steps={b['rl_steps']}", f"trainer.seed={seed}"] + list(overrides or []))
-    # weights: the stages' measured seconds in the full preset (session 9, runs/qs13; time left = elapsed / done x left)
+    # weights: the stages' seconds measured in the full preset (2026-12-01, runs/qs13; left = elapsed / done x left)
     st = Stages({"world": 10, "prior": 395, "simulator": 145, "eval warm start": 30, "grpo": 260, "eval grpo": 15},
                 progress)
     results: dict = {"preset": preset, "seed": seed}

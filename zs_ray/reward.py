@@ -1,4 +1,4 @@
-"""Rewards and metrics: SQuAD normalisation, EM, cover-EM, F1 (DESIGN.md §2).
+"""Rewards and metrics: SQuAD normalisation, EM, cover-EM, F1 (docs/method.md).
 
 The answer is always the last `<answer>` of the *response* — never of the prompt (a reference bug).
 """

@@ -1,4 +1,4 @@
-"""The multi-turn search protocol (DESIGN.md §2): one coroutine per trajectory, token in / token out.
+"""The multi-turn search protocol (docs/method.md): one coroutine per trajectory, token in / token out.
 
 Each turn the policy generates until `</search>` or `</answer>`; its sampled tokens are appended
 as they are (mask 1, with their log-probs). The action is parsed from the decoded text of *this

@@ -1,4 +1,4 @@
-"""Process settings for this project's machines, applied by the project itself (MACHINE_NOTES.md).
+"""Process settings for this project's machines, applied by the project itself (docs/local_machine.md).
 
 - Ray and vLLM listen and connect on 127.0.0.1 only (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, VLLM_HOST_IP).
 - Ray token auth is disabled for a loopback-only local head, so `ray job submit` works without a token.

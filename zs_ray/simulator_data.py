@@ -93,7 +93,7 @@ def default_queries(question: str, rng: random.Random) -> list[str]:
     first moved last (the subject first: "ze vo year" for "what is the year of ze vo?", the form the
     warm-started policy writes), and a partial keyword query. Without the subject-first form the simulator
     met that query out of distribution and stated the asked fact in 58 % of its useful results, against
-    94 % for the question (docs/experiments.md, session 15)."""
+    94 % for the question (docs/experiments.md, 2026-12-02)."""
     q = question.strip()
     words = [w for w in re.findall(r"\w+", q) if w.lower() not in _STOP]
     out = [q]

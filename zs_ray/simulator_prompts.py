@@ -1,4 +1,4 @@
-"""Prompts of the search simulator and parsing of its documents (DESIGN.md §2).
+"""Prompts of the search simulator and parsing of its documents (docs/method.md).
 
 Two modes:
 - simulate_prompt: an instruct model with a one-shot demo. The *useful* prompt is told the user's

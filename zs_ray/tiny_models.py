@@ -21,7 +21,7 @@ CHAT_TEMPLATE = (
 )
 
 SIZES = {
-    # 0.33M parameters: the CPU default policy. Two layers, not LEARNING_NOTES' four: an induction head (the
+    # 0.33M parameters: the CPU default policy. Two layers rather than four: an induction head (the
     # copy skill's first half) forms in ~700 steps with two layers and had not formed after 1,000 with four
     # (3.3 nats), at a third of the time per step; a small FFN learned it as fast (docs/experiments.md).
     "policy": dict(hidden_size=128, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

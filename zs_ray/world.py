@@ -1,13 +1,13 @@
-"""A deterministic synthetic knowledge world: the data of the CPU default (DESIGN.md §4).
+"""A deterministic synthetic knowledge world: the data of the CPU default.
 
 Made-up entities with made-up facts, a passage corpus, single- and two-hop questions in the
 Search-R1 parquet format; the text of the policy's prior (warm-start demonstrations, copy drills) is
 in zs_ray/prior_texts.py. Everything follows from one seed: the same seed gives byte-identical files.
 
-What the world looks like (choices follow /work/shared/LEARNING_NOTES.md):
+What the world looks like (each choice is something a tiny model trained from scratch can learn):
 - Names are two *name syllables* ("ka lo"); syllable-valued facts are two *value syllables*
   ("dar kel"); years are four space-separated digits ("1 8 2 1") so every digit is its own token
-  (the notes found digit answers learnable and rare whole-word answers not). Syllables are short
+  (digit answers are learnable for a tiny model, rare whole-word answers are not). Syllables are short
   words chosen to avoid English stop words, so BM25 and SQuAD normalisation keep them whole.
 - Places have a founder (a person of the same pool) and 2-3 of capital/river/year; persons have
   birthplace, year and school. Some places also name a neighbour place.
@@ -80,7 +80,7 @@ ABILITY = "fact-reasoning"
 
 @dataclass
 class WorldParams:
-    """Sizes and rates of a world. Defaults: the CPU default (LEARNING_NOTES: ~1000 / ~100 entities)."""
+    """Sizes and rates of a world. Defaults: the CPU default (~1000 / ~100 entities)."""
 
     seed: int = 0
     n_entities: int = 1000  # train pool: entities training questions are about
