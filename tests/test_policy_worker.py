@@ -35,6 +35,14 @@ def make_batch(vocab, n=5, seed=0, pad_id=0, advantages=None):
     return collate(trajs, pad_id, advantages=advantages)
 
 
+def response_mask(batch) -> torch.Tensor:
+    """1 on the response tokens, where the workers' log-probs are exact (prompt columns may hold 0)."""
+    m = batch["attention_mask"].float()
+    for r, p in enumerate(batch["prompt_lens"].tolist()):
+        m[r, :p] = 0
+    return m
+
+
 def seq_logprob(lp, batch):
     return (lp * batch["loss_mask"]).sum(1)
 
@@ -83,14 +91,14 @@ def test_logprobs_match_single_process_hf(groups, hf_ref, vocab):
     out = groups["g2"].compute_logprobs(b, with_entropy=True)
     with torch.no_grad():
         logits = hf_ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-    # the output layer skips the columns that only predict prompt tokens: they hold 0 (no loss reads them)
-    start = response_window(b)
-    assert 0 < start < int(b["prompt_lens"].min())
-    m = b["attention_mask"].float()
-    m[:, :start + 1] = 0
+    # exact on every response token; the output layer skips the columns that only predict prompt tokens
+    # (from the shortest prompt of each micro-batch on, zs_ray.batch.response_window), which hold 0
+    m = response_mask(b)
     assert out["logprobs"].shape == b["input_ids"].shape
     torch.testing.assert_close(out["logprobs"] * m, token_logprobs(logits, b["input_ids"]) * m, atol=1e-5, rtol=0)
     torch.testing.assert_close(out["entropy"] * m, token_entropy(logits) * m, atol=1e-5, rtol=0)
+    start = response_window(b)
+    assert 0 < start < int(b["prompt_lens"].min())
     assert (out["logprobs"][:, :start + 1] == 0).all() and (out["entropy"][:, :start + 1] == 0).all()
     # position t is log p(x_t | x_<t): check one entry by hand
     p = int(b["prompt_lens"][0])
@@ -354,7 +362,7 @@ def test_full_state_dict_and_export_load_into_transformers(groups, tiny_assets, 
     sd = ray.get(ref)
     fresh = LlamaForCausalLM(hf_ref.config).eval()
     fresh.load_state_dict(sd, strict=True)
-    m = b["attention_mask"].float()
+    m = response_mask(b)
     with torch.no_grad():
         logits = fresh(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
     torch.testing.assert_close(token_logprobs(logits, b["input_ids"]) * m, g2.compute_logprobs(b) * m,
