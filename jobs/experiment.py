@@ -1,6 +1,9 @@
 """`zs-ray experiment table [--out DIR] [--preset full|long|smoke] [--rl-steps N] [--warm-steps N] [--seed N] [--rows NAME ...]`:
 the paper's table in miniature (warm start, equal-compute SFT, GRPO with real search, ZeroSearch, prompt-based
-simulator, no curriculum, PPO, REINFORCE, no search at test time) as markdown, CSV and a PNG plot."""
+simulator, no curriculum, PPO, REINFORCE, no search at test time) as markdown, CSV and a PNG plot.
+
+`zs-ray experiment collect ROW=EVAL_DIR ... [--out FILE.md]`: the same table's columns (EM per source, the
+average with its standard error, F1) from `zs-ray eval` output folders, e.g. the rows of the real-model table."""
 import argparse
 import sys
 
@@ -9,7 +12,8 @@ from zs_ray.quickstart import PRESETS  # a dict; importing it loads no Ray, torc
 
 def main(argv):
     p = argparse.ArgumentParser(prog="zs-ray experiment", description=__doc__)
-    p.add_argument("action", choices=["table"])
+    p.add_argument("action", choices=["table", "collect"])
+    p.add_argument("rows_dirs", nargs="*", metavar="ROW=EVAL_DIR", help="collect: a row name and its eval folder")
     p.add_argument("--out", default="runs/quickstart")
     p.add_argument("--preset", default="full", choices=sorted(PRESETS))
     p.add_argument("--seed", type=int, default=0)
@@ -24,6 +28,8 @@ def main(argv):
                    help="evaluate rows whose policy is already trained under OUT/table (OUT/table_rlN with --rl-steps) "
                         "instead of training again")
     a = p.parse_args(argv)
+    if a.action == "collect":
+        return collect(p, a.rows_dirs, a.out if a.out.endswith(".md") else None)
     from zs_ray.runtime import apply_local_env
 
     apply_local_env()
@@ -33,6 +39,26 @@ def main(argv):
         if v is not None and v < 1:
             p.error(f"{flag} must be >= 1, got {v}")
     run_table(a.out, a.preset, a.seed, a.rows, reuse=a.reuse, rl_steps=a.rl_steps, warm_steps=a.warm_steps)
+    return 0
+
+
+def collect(p, pairs, out_md):
+    from zs_ray.real_table import table
+
+    bad = [x for x in pairs if "=" not in x]
+    if not pairs or bad:
+        p.error(f"collect needs ROW=EVAL_DIR arguments{', got ' + ' '.join(bad) if bad else ''}")
+    try:
+        md, csv_text = table(dict(x.split("=", 1) for x in pairs))
+    except FileNotFoundError as e:
+        print(f"zs-ray experiment collect: {e}", file=sys.stderr)
+        return 2
+    print(md)
+    if out_md:
+        with open(out_md, "w") as f:
+            f.write(md + "\n")
+        with open(out_md[:-3] + ".csv", "w") as f:
+            f.write(csv_text)
     return 0
 
 
