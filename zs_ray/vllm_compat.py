@@ -1,5 +1,7 @@
-"""Work-arounds for vLLM 0.32 behaviour that zs_ray.engine relies on not happening (each says why)."""
+"""vLLM 0.32 specifics that zs_ray.engine relies on: work-arounds (each says why) and CPU engine settings."""
 from __future__ import annotations
+
+import os
 
 
 def _patch_vllm_kernel_scan() -> None:
@@ -33,3 +35,23 @@ def _quiet_rotary_reload_warning() -> None:
     log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
     if _rotary_reload_warning not in log.filters:
         log.addFilter(_rotary_reload_warning)
+
+
+def cpu_kv_cache_kwargs(kv_cache_gb: float) -> dict:
+    """vLLM engine kwargs for a CPU KV cache of `kv_cache_gb` GiB (fractions allowed). Clears the legacy
+    VLLM_CPU_KVCACHE_SPACE env var (whole GiB, set by runtime.local_env), which would override it."""
+    os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    return {"kv_cache_memory_bytes": int(float(kv_cache_gb) * (1 << 30))}
+
+
+def _check_cpu_head_dim(model_path: str, trust_remote_code: bool) -> None:
+    """vLLM's CPU attention kernels support only some head sizes; say so before vLLM fails deep inside."""
+    from transformers import AutoConfig
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    cfg = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    ok = CPUAttentionBackend.get_supported_head_sizes()
+    if hd not in ok:
+        raise ValueError(f"{model_path}: head_dim={hd} is not supported by vLLM's CPU attention (supported: {ok}); "
+                         "use a model with a supported head size or rollout.engine=hf")
