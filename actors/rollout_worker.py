@@ -58,6 +58,8 @@ class RolloutWorker:
         self.eval_search = build_search_backend(eval_search_cfg, seed) if eval_search_cfg else None
         self.startup_s = time.perf_counter() - t
         self._sync_group = None  # NCCL weight-sync membership (rollout.weight_sync=nccl)
+        # model.trainable_layers: the policy sends only the tensors that learn (actors/policy_worker.py)
+        self._subset = (model_cfg or {}).get("trainable_layers") is not None
 
     async def ready(self) -> dict:
         """Engine up (and warmed: the first batched step is slow); returns its info."""
@@ -81,7 +83,7 @@ class RolloutWorker:
         if isinstance(state_dict, ray.ObjectRef):  # passed nested, so Ray did not resolve it
             state_dict = await state_dict
         # A thread keeps this actor's event loop (in-flight trajectories, searches) running meanwhile.
-        return await asyncio.to_thread(self.engine.load_weights, state_dict, version)
+        return await asyncio.to_thread(self.engine.load_weights, state_dict, version, self._subset)
 
     async def init_weight_sync(self, host: str, port: int, rank: int, world_size: int, timeout_s: float) -> None:
         """Join the NCCL weight-sync group (replacing an earlier one); returns once every member has joined."""
@@ -100,7 +102,7 @@ class RolloutWorker:
             raise RuntimeError("receive_weights before init_weight_sync: this worker is in no weight-sync group")
         pairs = receive_state(self._sync_group, meta)
         try:
-            return await asyncio.to_thread(self.engine.load_weights, pairs, version)
+            return await asyncio.to_thread(self.engine.load_weights, pairs, version, self._subset)
         finally:  # after a failed load, still take the remaining broadcasts, or policy rank 0 waits forever
             await asyncio.to_thread(drain, pairs)
 

@@ -132,6 +132,23 @@ def test_reload_drops_only_the_rotary_warning():
     assert not log.filter(rec("RotaryEmbedding")) and log.filter(rec("QKVParallelLinear"))
 
 
+def test_a_subset_reload_is_quiet_about_the_layers_it_leaves_alone_and_only_then():
+    import logging
+
+    from zs_ray.vllm_compat import quiet_subset_reload
+
+    layerwise, inplace = (logging.getLogger(n) for n in quiet_subset_reload.NAMES)
+
+    def rec(log, msg, *args):
+        return log.makeRecord(log.name, logging.WARNING, __file__, 0, msg, args, None)
+    skipped = [(layerwise, "%s: Failed to load weights", "QKVParallelLinear"),
+               (inplace, "Following weights were not loaded from checkpoint: %s", {"model.layers.0.mlp"})]
+    with quiet_subset_reload():
+        assert not any(log.filter(rec(log, *m)) for log, *m in skipped)
+        assert inplace.filter(rec(inplace, "Reloading weights inplace..."))
+    assert all(log.filter(rec(log, *m)) for log, *m in skipped)  # a full reload still warns
+
+
 def test_a_partial_state_dict_changes_only_its_tensors_in_both_engines(engines, perturbed):
     """The trainable-layers sync sends the top layers only: both engines take the subset, keep the rest, and
     still agree token for token (vLLM's CPU layers repack what they reload, and leave the others alone)."""
@@ -145,7 +162,7 @@ def test_a_partial_state_dict_changes_only_its_tensors_in_both_engines(engines, 
     assert 0 < len(subset) < len(perturbed)
     try:
         for e in (vl, hf):
-            e.load_weights(subset, 6)
+            e.load_weights(subset, 6, subset=True)
         a = gen_all(vl, ids, max_tokens=24, temperature=0.0)
         b = gen_all(hf, ids, max_tokens=24, temperature=0.0)
         assert [x.token_ids for x in a] == [y.token_ids for y in b]

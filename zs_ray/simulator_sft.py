@@ -92,8 +92,10 @@ def train_sft(base_model: str, rows: Sequence[dict], out_dir: str, k: int = 5, s
 # ---------------------------------------------------------------- evaluation ----------------------
 
 def generate_docs(model_path: str, requests: Sequence[dict], k: int = 5, temperature: float = 0.8,
-                  max_new_tokens: int = 200, batch_size: int = 32, seed: int = 0, threads: int = 2) -> list[str]:
-    """HF generate for {query, question, answer, noisy} requests (left-padded batches); raw texts."""
+                  max_new_tokens: int = 200, batch_size: int = 32, seed: int = 0, threads: int = 2,
+                  mode: str = "simulate_sft") -> list[str]:
+    """HF generate for {query, question, answer, noisy} requests (left-padded batches) with `mode`'s prompt
+    (simulate_sft: a fine-tuned simulator; simulate_prompt: an instruct model); raw texts."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -105,7 +107,7 @@ def generate_docs(model_path: str, requests: Sequence[dict], k: int = 5, tempera
     outs: list[str] = []
     for i in range(0, len(requests), batch_size):
         chunk = requests[i:i + batch_size]
-        prompts = [encode_prompt(tok, simulator_prompt("simulate_sft", r["query"], r["question"], r["answer"],
+        prompts = [encode_prompt(tok, simulator_prompt(mode, r["query"], r["question"], r["answer"],
                                                        noisy=r["noisy"], k=k)) for r in chunk]
         width = max(map(len, prompts))
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
@@ -119,7 +121,7 @@ def generate_docs(model_path: str, requests: Sequence[dict], k: int = 5, tempera
 
 
 def evaluate_simulator(model_path: str, questions: Sequence[dict], k: int = 5, temperature: float = 0.8,
-                       max_new_tokens: int = 200, seed: int = 0, threads: int = 2) -> dict:
+                       max_new_tokens: int = 200, seed: int = 0, threads: int = 2, mode: str = "simulate_sft") -> dict:
     """For each held-out {query?, question, golden_answers}: one useful and one noisy generation.
     useful_hit = fraction of useful generations containing a gold answer (want high);
     noisy_hit = the same for noisy generations (want low); well_formed = fraction with k parsed docs.
@@ -133,7 +135,7 @@ def evaluate_simulator(model_path: str, questions: Sequence[dict], k: int = 5, t
         for noisy in (False, True):
             reqs.append(dict(query=str(row.get("query") or row["question"]), question=str(row["question"]),
                              answer=golds[0], golds=golds, noisy=noisy, source=str(row.get("data_source") or "")))
-    texts = generate_docs(model_path, reqs, k, temperature, max_new_tokens, seed=seed, threads=threads)
+    texts = generate_docs(model_path, reqs, k, temperature, max_new_tokens, seed=seed, threads=threads, mode=mode)
     outcomes = []  # (source, noisy, hit, stated) per generation
     formed = []
     for r, t in zip(reqs, texts):

@@ -29,6 +29,31 @@ def _rotary_reload_warning(record) -> bool:
     return record.getMessage() != "RotaryEmbedding: Failed to load weights"
 
 
+def _subset_reload_warning(record) -> bool:
+    """False for the per-layer "Failed to load weights" and the list of "weights not loaded" that a reload of a
+    *subset* prints for every layer it leaves alone (model.trainable_layers syncs the layers that learn only):
+    expected there, they would fill the log at every step. Full reloads keep them."""
+    msg = record.getMessage()
+    return not (msg.endswith(": Failed to load weights") or msg.startswith("Following weights were not loaded"))
+
+
+class quiet_subset_reload:
+    """`with quiet_subset_reload():` around a reload of a subset of the weights."""
+    NAMES = ("vllm.model_executor.model_loader.reload.layerwise", "vllm.model_executor.model_loader.reload.inplace")
+
+    def __enter__(self):
+        import logging
+
+        for name in self.NAMES:
+            logging.getLogger(name).addFilter(_subset_reload_warning)
+
+    def __exit__(self, *exc):
+        import logging
+
+        for name in self.NAMES:
+            logging.getLogger(name).removeFilter(_subset_reload_warning)
+
+
 def _quiet_rotary_reload_warning() -> None:
     import logging
 
