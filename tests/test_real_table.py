@@ -27,7 +27,7 @@ def test_rows_in_points_with_the_standard_error_of_the_macro_average(tmp_path):
     warm = [c.strip() for c in lines[2].strip("|").split("|")]
     assert warm[:4] == ["warm start", "10.0", "20.0", "–"] and warm[4] == "15.0"  # a source a row lacks: "–"
     se = 100 * math.sqrt(0.1 * 0.9 / 50 + 0.2 * 0.8 / 50) / 2
-    assert warm[5] == f"{se:.1f}" and warm[-1] == "real BM25 over corpus.jsonl (top-3)"
+    assert warm[5] == f"{se:.1f}" and warm[6] == "15.0" and warm[-1] == "real BM25 over corpus.jsonl (top-3)"
     assert csv_text.splitlines()[0].startswith("row,nq,popqa,bamboogle,avg EM,se")
     assert average_em_se({"average": {}, "x": {"n": 100, "em": 0.5}}) == pytest.approx(5.0)
 

@@ -1,5 +1,6 @@
 """The paper's table from evaluation folders: EM per test source, the average (the paper's "Avg."), its
-standard error and F1, as markdown and CSV (`zs-ray experiment collect ROW=EVAL_DIR ...`).
+standard error, cover-EM (ZeroSearch's reported "EM": the gold answer inside the prediction) and F1, as
+markdown and CSV (`zs-ray experiment collect ROW=EVAL_DIR ...`).
 
 Each row is one `zs-ray eval` output folder (its summary.json); the rows are compared as the paper does:
 the macro mean over sources of EM (exact match after SQuAD normalisation). The standard error of that mean
@@ -38,12 +39,12 @@ def table(rows: dict[str, str]) -> tuple[str, str]:
     sources = []
     for r in loaded.values():
         sources += [k for k in r["summary"] if k != AVERAGE and k not in sources]
-    head = ["row", *sources, "avg EM", "se", "avg F1", "searches", "invalid %", "search at test time"]
+    head = ["row", *sources, "avg EM", "se", "avg cover-EM", "avg F1", "searches", "invalid %", "search at test time"]
     out = []
     for name, r in loaded.items():
         s, avg = r["summary"], r["summary"][AVERAGE]
         out.append([name, *[f"{100 * s[k]['em']:.1f}" if k in s else "–" for k in sources], f"{100 * avg['em']:.1f}",
-                    f"{average_em_se(s):.1f}", f"{100 * avg['f1']:.1f}", f"{avg['searches']:.2f}",
+                    f"{average_em_se(s):.1f}", f"{100 * avg['cover_em']:.1f}", f"{100 * avg['f1']:.1f}", f"{avg['searches']:.2f}",
                     f"{100 * avg['invalid_rate']:.1f}", r.get("search", {}).get("label", r.get("backend", ""))])
     md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(x) + " |" for x in out]
     buf = io.StringIO()
