@@ -105,3 +105,14 @@ def test_cli_flag_is_parsed():
     assert parse_args([DEFAULT])[0].search is None
     with pytest.raises(SystemExit):
         parse_args([DEFAULT, "--search", "google"])
+
+
+def test_a_baseline_without_answer_tags_is_scored_on_its_first_line():
+    from zs_ray.evaluation import free_form_answer
+    from zs_ray.reward import score_answer
+
+    said = "\n  The capital of France is Paris.\nIt is also its largest city."
+    assert free_form_answer(said) == "The capital of France is Paris."
+    assert free_form_answer("  \n ") is None and free_form_answer("") is None
+    m = score_answer(free_form_answer(said), ["Paris"])
+    assert m["em"] == 0.0 and m["cover_em"] == 1.0 and 0 < m["f1"] < 1  # EM stays strict

@@ -44,6 +44,14 @@ RAG_TEMPLATE = (
 
 # ---- scoring ----------------------------------------------------------------------------------
 
+def free_form_answer(response: str) -> Optional[str]:
+    """A baseline's (direct, rag) answer when it wrote no `<answer>` tags: its first non-empty line. An instruct
+    model asked directly answers in a sentence; free-form RAG baselines are scored so, which keeps EM strict
+    and lets cover-EM and F1 count. The agent never gets this: the protocol is what it is judged on."""
+    lines = [x.strip() for x in (response or "").splitlines() if x.strip()]
+    return lines[0][:300] if lines else None
+
+
 def score_record(rec: dict) -> dict:
     """Fill `answer` and the metrics from `response` (the response only, never the prompt)."""
     rec["answer"] = extract_answer(rec.get("response") or "")
@@ -95,8 +103,13 @@ def _record(row: dict, mode: str, traj=None, tokenizer=None, calls=(), error: Op
         rec.update(response="", answer=None, em=0.0, cover_em=0.0, f1=0.0, searches=0, invalid_actions=0,
                    finish_reason="error", error=error, n_turns=0, response_tokens=0, search_calls=[])
         return rec
-    rec.update(response=tokenizer.decode(traj.response_ids, skip_special_tokens=True), answer=traj.answer,
-               **{m: float(traj.metrics.get(m, 0.0)) for m in METRIC_NAMES},
+    response = tokenizer.decode(traj.response_ids, skip_special_tokens=True)
+    metrics = traj.metrics
+    if mode != "agent" and traj.answer is None and free_form_answer(response):
+        traj.answer = free_form_answer(response)
+        metrics = score_answer(traj.answer, golds_of(row))
+        rec["free_form"] = True
+    rec.update(response=response, answer=traj.answer, **{m: float(metrics.get(m, 0.0)) for m in METRIC_NAMES},
                searches=traj.searches, invalid_actions=traj.invalid_actions, finish_reason=traj.finish_reason,
                n_turns=traj.n_turns, response_tokens=len(traj.response_ids), search_calls=list(calls))
     return rec
