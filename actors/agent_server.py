@@ -6,7 +6,7 @@
   answer text is the completion (the full trajectory is under `zs_ray`).
 - `GET /healthz`, `GET /v1/models`.
 
-Each request is one `zs_ray.rollout.run_trajectory` coroutine (greedy) on the replica's event loop;
+Each request is one `zs_ray.core.rollout.run_trajectory` coroutine (greedy) on the replica's event loop;
 the engine batches whatever is in flight (vLLM continuous batching, or the HF engine's step
 batches), so concurrent questions share forward passes. `max_ongoing_requests` is set high so
 Serve lets them all into the replica instead of queueing them one by one.
@@ -34,9 +34,9 @@ class AgentServer:
 
         apply_local_env()
         set_threads(int(cfg.get("resources", {}).get("threads_per_actor", 1)))
-        from zs_ray.evaluation import RecordingSearch, build_engine
-        from zs_ray.rollout import as_rollout_config
-        from zs_ray.search_clients import make_search_backend
+        from zs_ray.eval.evaluation import RecordingSearch, build_engine
+        from zs_ray.core.rollout import as_rollout_config
+        from zs_ray.search.clients import make_search_backend
 
         self.cfg = OmegaConf.create(cfg)
         self.model_name = str(self.cfg.model.policy_path)
@@ -50,8 +50,8 @@ class AgentServer:
 
     async def answer(self, question: str) -> dict:
         """Run the agent on one question (also callable by deployment handle)."""
-        from zs_ray.protocol import normalize_question
-        from zs_ray.rollout import run_trajectory
+        from zs_ray.core.protocol import normalize_question
+        from zs_ray.core.rollout import run_trajectory
 
         if not isinstance(question, str) or not question.strip():
             raise ValueError("'question' must be a non-empty string")

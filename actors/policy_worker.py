@@ -5,7 +5,7 @@ on CPU, nccl on GPU) and shard the model with FSDP2 (`fully_shard`: each decoder
 root). FSDP1 is not used: on CPU it needs an accelerator or segfaults gathering state dicts.
 
 The driver-side handle, `WorkerGroup`, is in actors/worker_group.py.
-Losses come from zs_ray.algorithms; batch tensors follow zs_ray.batch's alignment convention.
+Losses come from zs_ray.core.algorithms; batch tensors follow zs_ray.core.batch's alignment convention.
 """
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ import ray
 import torch
 import torch.distributed as dist
 
-from zs_ray.algorithms import actor_microbatch_loss, lr_factor, token_entropy, token_logprobs, value_loss
-from zs_ray.batch import from_column, micro_batches, pad_columns, response_window, trim_padding
-from zs_ray.layers import decoder_layers, freeze_lower_layers
+from zs_ray.core.algorithms import actor_microbatch_loss, lr_factor, token_entropy, token_logprobs, value_loss
+from zs_ray.core.batch import from_column, micro_batches, pad_columns, response_window, trim_padding
+from zs_ray.core.layers import decoder_layers, freeze_lower_layers
 from zs_ray.runtime import LOOPBACK
-from zs_ray.weight_sync import NcclGroup, broadcast_state, pack_meta
+from zs_ray.weight_sync.nccl import NcclGroup, broadcast_state, pack_meta
 
 ROLES = ("actor", "ref", "critic")
 _ALGO_DEFAULTS = dict(clip=0.2, kl_estimator="k3", kl_coef=0.001, entropy_coef=0.001, lr=1e-6,
@@ -138,7 +138,7 @@ class PolicyWorker:
 
     def _lm(self, mb, model=None):
         """(logits from column `start` on, the micro-batch cut to those columns, start): the whole sequence is
-        attended to, but the output layer skips the prompt-only columns (zs_ray.batch.response_window)."""
+        attended to, but the output layer skips the prompt-only columns (zs_ray.core.batch.response_window)."""
         start = response_window(mb)
         keep = int(mb["input_ids"].shape[1]) - start
         out = (model or self.model)(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], logits_to_keep=keep)

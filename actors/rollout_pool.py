@@ -2,7 +2,7 @@
 
 It spreads rollout calls over the workers, replaces a worker that dies and re-runs exactly its lost part,
 and gives every worker new weights after each update (`rollout.weight_sync`: through the object store,
-or broadcast by policy rank 0 over NCCL, zs_ray/weight_sync.py). A timeout is an error, never a hang.
+or broadcast by policy rank 0 over NCCL, zs_ray/weight_sync/nccl.py). A timeout is an error, never a hang.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Callable
 
 import ray
 
-log = logging.getLogger("zs_ray.trainer")
+log = logging.getLogger("zs_ray.train.trainer")
 MAX_ROLLOUT_RESTARTS = 3  # per rollout call: a worker that keeps dying is an error, not a loop
 
 

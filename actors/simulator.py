@@ -5,7 +5,7 @@
   which cost the tiny CPU simulator 10-15 % of its documents/s (BENCHMARKS.md), so it is off unless asked for.
 - `/v1/chat/completions`, `/v1/completions`, `/v1/models` make the same replica an
   OpenAI-compatible server (for external tools, and the `http` search backend).
-Every request, from either path, is one request to the replica's `zs_ray.engine.VLLMEngine`, which
+Every request, from either path, is one request to the replica's `zs_ray.engines.engine.VLLMEngine`, which
 steps vLLM with continuous batching on its own thread: a call that arrives while others are being
 written joins the running batch at the next step and returns as soon as its own documents are done
 (a `@serve.batch` of `llm.generate` made late callers wait for the whole previous batch, and every
@@ -24,7 +24,7 @@ from fastapi import FastAPI, HTTPException
 from ray import serve
 
 from zs_ray.config import SearchConfig
-from zs_ray.simulator_prompts import cut_at_next_doc, parse_documents, simulator_prompt
+from zs_ray.core.simulator_prompts import cut_at_next_doc, parse_documents, simulator_prompt
 
 app = FastAPI(title="zs-ray search simulator")
 
@@ -57,7 +57,7 @@ class SimulatorServer:
         apply_local_env()
         import torch
 
-        from zs_ray.engine import VLLMEngine, engine_kwargs
+        from zs_ray.engines.engine import VLLMEngine, engine_kwargs
 
         self.cfg = {**DEFAULTS, **{k: v for k, v in (search_cfg or {}).items() if v is not None}}
         self.model_name = str(self.cfg.get("model_name") or model_path)

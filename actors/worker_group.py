@@ -12,7 +12,7 @@ import ray
 import torch
 
 from actors.policy_worker import _ALGO_DEFAULTS, PolicyWorker, free_port
-from zs_ray.batch import merge_rank_outputs, split_for_ranks
+from zs_ray.core.batch import merge_rank_outputs, split_for_ranks
 from zs_ray.runtime import LOOPBACK, actor_env
 
 

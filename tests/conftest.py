@@ -28,7 +28,7 @@ def shared_data():
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory):
     """Tokenizer + tiny random Llama (HF format, safetensors)."""
-    from zs_ray.tiny_models import build_test_assets
+    from zs_ray.world.tiny_models import build_test_assets
 
     return build_test_assets(str(tmp_path_factory.mktemp("assets")))
 

@@ -3,7 +3,7 @@ import pytest
 import yaml
 
 from zs_ray.config import ConfigError, load_config, redacted, save_config, to_dict
-from zs_ray.tracking import flatten
+from zs_ray.train.tracking import flatten
 
 REQ = ["model.policy_path=x", "search.simulator_model=sim"]
 

@@ -4,7 +4,7 @@ import csv
 import pytest
 
 from jobs.experiment import main as experiment_main
-from zs_ray.experiment import RL_ROWS, _slug, run_table, write_table
+from zs_ray.world.experiment import RL_ROWS, _slug, run_table, write_table
 
 
 def test_row_folders_are_distinct_and_the_no_search_row_finds_the_zerosearch_policy():

@@ -97,7 +97,7 @@ def head():
 def test_job_submit_trains_and_logs_to_mlflow(head):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from zs_ray.world_files import build_world_assets
+    from zs_ray.world.files import build_world_assets
 
     tmp, env = head["tmp"], head["env"]
     world, out = os.path.join(tmp, "world"), os.path.join(tmp, "out")

@@ -45,7 +45,7 @@ def test_quickstart_smoke_runs_every_stage(tmp_path):
 
 
 def test_stages_run_in_a_child_process_when_they_pickle():
-    from zs_ray.quickstart import in_child_process
+    from zs_ray.world.quickstart import in_child_process
 
     assert in_child_process(os.getpid) != os.getpid()  # a spawned child; its memory goes when it exits
     assert in_child_process(lambda: os.getpid()) == os.getpid()  # a lambda does not pickle: runs here

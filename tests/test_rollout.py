@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from zs_ray.config import RolloutConfig
-from zs_ray.engine import Generation
-from zs_ray.protocol import INVALID_FEEDBACK, NO_INFORMATION, STOP_STRINGS, make_prompt
-from zs_ray.retrieval import BM25Index
-from zs_ray.rollout import Trajectory, encode_prompt, run_trajectory
-from zs_ray.search import BM25Search, SearchBackend
+from zs_ray.engines.engine import Generation
+from zs_ray.core.protocol import INVALID_FEEDBACK, NO_INFORMATION, STOP_STRINGS, make_prompt
+from zs_ray.search.retrieval import BM25Index
+from zs_ray.core.rollout import Trajectory, encode_prompt, run_trajectory
+from zs_ray.core.search import BM25Search, SearchBackend
 
 CORPUS = [
     {"id": "1", "contents": '"Zorland"\nZorland is a country. Its capital is Karova.'},
@@ -177,7 +177,7 @@ ROLLOUT = dict(engine="vllm", max_turns=2, max_turn_tokens=40, max_obs_tokens=64
 @pytest.fixture(scope="module")
 def policy_model(tiny_assets, tmp_path_factory):
     """vLLM's CPU attention needs head_dim in {32, 64, ...}: the CPU default 'policy' size (head_dim 32)."""
-    from zs_ray.tiny_models import make_tiny_model
+    from zs_ray.world.tiny_models import make_tiny_model
 
     return make_tiny_model(tiny_assets["tokenizer"], str(tmp_path_factory.mktemp("policy")), size="policy")
 

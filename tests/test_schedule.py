@@ -1,4 +1,4 @@
-from zs_ray.schedule import may_launch, may_train, prompts_for_step
+from zs_ray.core.schedule import may_launch, may_train, prompts_for_step
 
 
 def test_each_epoch_covers_every_row_once():

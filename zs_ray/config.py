@@ -14,8 +14,8 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from .weight_sync import MODES as WEIGHT_SYNC_MODES
-from .weight_sync import nccl_config_problem
+from zs_ray.weight_sync.choose import MODES as WEIGHT_SYNC_MODES
+from zs_ray.weight_sync.choose import nccl_config_problem
 
 SEARCH_BACKENDS = ("simulate_prompt", "simulate_sft", "bm25", "http", "retriever", "hybrid")
 ALGORITHMS = ("grpo", "ppo", "reinforce")
@@ -113,7 +113,7 @@ class RolloutConfig:
     enforce_eager: bool = True
     seed: int = 0
     # How new weights reach the engines: object_store (Ray, CPU tensors) | nccl (broadcast from policy rank 0,
-    # whole GPUs) | auto (nccl when it can run, object_store otherwise). See zs_ray/weight_sync.py.
+    # whole GPUs) | auto (nccl when it can run, object_store otherwise). See zs_ray/weight_sync/nccl.py.
     weight_sync: str = "auto"
 
 
@@ -134,7 +134,7 @@ class AlgorithmConfig:
     micro_batch_size: int = 8
     epochs: int = 1  # optimisation passes over each batch
     # Stale samples (trainer.staleness > 0): weight each token by pi_prox / pi_behav, the trainer's over the
-    # rollout engine's probability (zs_ray.algorithms.behaviour_weights). none | truncate (min(w, cap)) | mask.
+    # rollout engine's probability (zs_ray.core.algorithms.behaviour_weights). none | truncate (min(w, cap)) | mask.
     behaviour_correction: str = "none"
     behaviour_weight_cap: float = 2.0
     adv_eps: float = 1e-6
@@ -341,7 +341,7 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.rollout.max_turns >= 0, "rollout.max_turns", "must be >= 0")
     _check(not cfg.model.quantization or cfg.rollout.engine == "vllm", "model.quantization", "needs rollout.engine=vllm")
     _check(cfg.rollout.weight_sync in WEIGHT_SYNC_MODES, "rollout.weight_sync", f"must be one of {WEIGHT_SYNC_MODES}")
-    if cfg.rollout.weight_sync == "nccl":  # the hardware is checked later, where it runs (zs_ray.weight_sync)
+    if cfg.rollout.weight_sync == "nccl":  # the hardware is checked later, where it runs (zs_ray.weight_sync.nccl)
         r = cfg.resources
         why = nccl_config_problem(r.device, cfg.rollout.tensor_parallel_size, r.gpus_per_policy_worker,
                                   r.gpus_per_rollout_worker)

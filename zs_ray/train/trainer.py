@@ -1,0 +1,374 @@
+"""The driver. One step reads top to bottom (`train_step`): take a batch of groups, rewards and
+advantages, reference log-probs, update, sync, log, checkpoint. Rollouts for later steps run on the
+rollout workers while the policy trains, bounded by the staleness rule in zs_ray/core/schedule.py.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import time
+from typing import Optional
+
+import torch
+
+from zs_ray.train import checkpoint as ckpt
+from zs_ray.core.algorithms import (gae, group_spread, grpo_advantages, masked_whiten, ppo_token_rewards, reinforce_advantages,
+                         tied_groups)
+from zs_ray.core.batch import collate
+from zs_ray.config import save_config
+from zs_ray.core.curriculum import noise_at
+from zs_ray.data.qa import load_dataset_files
+from zs_ray.core.schedule import may_launch, may_train, prompts_for_step
+from zs_ray.train.tracking import Tracker
+from zs_ray.weight_sync.choose import resolve_weight_sync
+
+log = logging.getLogger("zs_ray.train.trainer")
+
+
+class PolicyWorkerError(RuntimeError):
+    """A policy / reference / critic worker died: the run stops; resume with trainer.resume=auto."""
+
+
+class Trainer:
+    def __init__(self, cfg, progress=print):
+        from actors.rollout_pool import RolloutPool
+        from actors.rollout_worker import RolloutWorker
+        from actors.worker_group import WorkerGroup
+
+        from zs_ray.runtime import init_ray
+
+        self.cfg, self.progress = cfg, progress
+        # object_store | nccl; rollout.weight_sync=nccl that cannot run here fails now, before Ray or any actor.
+        self.weight_sync = resolve_weight_sync(cfg)
+        self.out = os.path.abspath(cfg.trainer.output_dir)
+        os.makedirs(self.out, exist_ok=True)
+        save_config(cfg, os.path.join(self.out, "config.yaml"))
+        self.rows = load_dataset_files(list(cfg.data.train_files), split="train")  # validated before any actor starts
+        init_ray(num_cpus=cfg.resources.num_cpus)
+        from zs_ray.train.placement import plan, policy_roles
+
+        # STRICT_PACK for each FSDP group, SPREAD for rollout workers; a clear error names missing resources.
+        self.placement = plan(cfg)
+        self.tracker = Tracker(cfg)
+        self.ckpt_root = os.path.join(self.out, "checkpoints")
+        self.curriculum_steps = cfg.curriculum.total_steps or cfg.trainer.steps
+        r, a, m = cfg.resources, cfg.algorithm, cfg.model
+        algo, model = {**_plain(a), "total_steps": cfg.trainer.steps}, _plain(m)  # for the lr schedule
+        res = lambda kind: {"num_cpus": r[f"cpus_per_{kind}"], "num_gpus": r[f"gpus_per_{kind}"]}  # noqa: E731
+        self.search_cfg = self._start_search()
+        group = lambda path, role, **kw: WorkerGroup(  # noqa: E731
+            r.policy_workers, path, algo, model, role, res("policy_worker"), r.device, cfg.trainer.seed,
+            self.placement.policy_group(role), r.threads_per_actor, **kw)
+        roles, ref_path = policy_roles(cfg), m.reference_path or m.policy_path  # the placement groups' roles
+        self.colocated_ref = a.kl_coef > 0 and "ref" not in roles
+        self.policy = group(m.policy_path, "actor", ref_path=ref_path if self.colocated_ref else None)
+        self.ref = group(ref_path, "ref") if "ref" in roles else None
+        self.critic = group(m.critic_path or m.policy_path, "critic") if "critic" in roles else None
+        self.eval_rows = (load_dataset_files(list(cfg.data.test_files), split="test")[: cfg.trainer.eval_rows]
+                          if cfg.trainer.eval_every and cfg.data.test_files else [])
+        eval_search = self._bm25_cfg()
+        # The same arguments every time, so a dead rollout worker is replaced by an identical one.
+        new_rollout = lambda i: RolloutWorker.options(**self.placement.rollout_options(i)).remote(  # noqa: E731
+            m.policy_path, _plain(cfg.rollout), self.search_cfg, i, cfg.trainer.seed, r.device,
+            cfg.resources.threads_per_actor, eval_search, model)
+        self.rollout = RolloutPool(new_rollout, r.rollout_workers, self.policy, self.weight_sync,
+                                   cfg.trainer.rollout_timeout_s, cfg.trainer.sync_timeout_s, progress,
+                                   self._await_rollout_bundle)
+        log.info("weight sync: %s", self.weight_sync)
+        self.tokenizer = _tokenizer(m.policy_path)
+        self.step, self.version, self.consumed = 0, 0, []
+        self._resume()
+
+    # ---------------------------------------------------------------- set-up helpers
+    def _bm25_cfg(self) -> Optional[dict]:
+        """Real search for held-out evaluation; the index is built once here, not raced by every worker."""
+        s = self.cfg.search
+        if not s.corpus and not s.index_dir:
+            return None
+        from zs_ray.search.retrieval import BM25Index
+
+        index_dir = s.index_dir or os.path.join(self.out, "bm25")
+        BM25Index.load_or_build(s.corpus, index_dir) if s.corpus else BM25Index.load(index_dir)
+        return {"backend": "bm25", "corpus": s.corpus, "index_dir": index_dir, "topk": s.topk,
+                "max_doc_words": s.max_doc_words, "max_query_chars": s.max_query_chars}
+
+    def _start_search(self) -> dict:
+        """Deploy the Serve simulator when the backend needs one and no external URL is given."""
+        s = _plain(self.cfg.search)
+        s["curriculum"] = {**_plain(self.cfg.curriculum), "total_steps": self.curriculum_steps}  # read by noise_at
+        s["seed"] = self.cfg.trainer.seed
+        if s["backend"] == "bm25":
+            s.update(self._bm25_cfg() or {})
+        if s["backend"] in ("simulate_prompt", "simulate_sft", "hybrid") and not s["urls"]:
+            from actors.simulator import deploy_simulator
+
+            r = self.cfg.resources
+            deploy_simulator(s, s["simulator_model"], name="simulator", replicas=r.simulator_replicas,
+                             max_replicas=r.simulator_max_replicas, num_cpus=r.cpus_per_simulator,
+                             num_gpus=r.gpus_per_simulator)
+            s["serve_app"] = "simulator"
+        return s
+
+    def _resume(self) -> None:
+        mode = self.cfg.trainer.resume
+        path = ckpt.latest(self.ckpt_root) if mode == "auto" else (None if mode == "never" else mode)
+        if not path:
+            return
+        state = ckpt.load_driver_state(path)
+        self.policy.load_checkpoint(os.path.join(path, "policy"))
+        if self.critic:
+            self.critic.load_checkpoint(os.path.join(path, "critic"))
+        self.step, self.version, self.consumed = state["step"], state["version"], state["consumed"]
+        self.progress(f"resumed from {path}: next step {self.step}, policy version {self.version}")
+        self.sync_weights()
+
+    # ---------------------------------------------------------------- rollout and sync
+    def _launch(self, gen_step: int):
+        """Start the rollouts of one future step; all samples of a prompt go to one worker.
+        Returns (step, launch time, the jobs `self.rollout.collect` waits for)."""
+        idx = prompts_for_step(len(self.rows), gen_step, self.cfg.trainer.prompts_per_step,
+                               self.cfg.trainer.seed, self.cfg.data.shuffle)
+        rows = [self.rows[i] for i in idx]
+        parts = [rows[w::len(self.rollout)] for w in range(len(self.rollout))]
+        jobs = self.rollout.submit(parts, (self.cfg.rollout.n_samples, gen_step, False, self.cfg.algorithm.reward))
+        return gen_step, time.perf_counter(), jobs
+
+    def _await_rollout_bundle(self) -> None:
+        """Before a rollout worker is replaced: after a node loss its bundle must be rescheduled first; this
+        names what is missing if it cannot be."""
+        from zs_ray.train.placement import wait_ready
+
+        wait_ready(self.placement.rollout, self.cfg.resources.placement_timeout_s, "rollout")
+
+    def sync_weights(self) -> float:
+        """Full weights to every rollout worker, tagged with the policy version (rollout.weight_sync: object
+        store or NCCL, actors/rollout_pool.py). A timeout is an error, not a hang."""
+        return self.rollout.sync(self.version)
+
+    # ---------------------------------------------------------------- the loop
+    def train(self) -> dict:
+        import ray
+
+        cfg, last = self.cfg, {}
+        inflight = collections.deque()
+        next_gen, t0, start_step = self.step, time.perf_counter(), self.step
+        if self.eval_rows and self.step == 0:  # the starting point of the held-out curve
+            self.tracker.log_metrics(self.evaluate(), step=0)
+        try:
+            while self.step < cfg.trainer.steps:
+                while next_gen < cfg.trainer.steps and may_launch(next_gen, self.version, cfg.trainer.staleness):
+                    inflight.append(self._launch(next_gen))
+                    next_gen += 1
+                gen_step, t_launch, jobs = inflight.popleft()
+                assert gen_step == self.step
+                trajs = self.rollout.collect(jobs)
+                t_gen = time.perf_counter() - t_launch
+                last = self.train_step(trajs, t_gen)
+                done = self.step - start_step
+                eta = (time.perf_counter() - t0) / done * (cfg.trainer.steps - self.step)
+                self.progress(f"[train] step {self.step}/{cfg.trainer.steps}  reward {last['reward/mean']:.3f}  "
+                              f"em {last['reward/em']:.3f}  searches {last['rollout/searches']:.2f}  "
+                              f"p_noise {last['curriculum/noise_p']:.3f}  {last['time/step']:.1f}s/step  "
+                              f"eta {eta:.0f}s")
+        except ray.exceptions.RayActorError as e:  # rollout workers are restarted by the pool: a policy-side actor
+            self.tracker.finish("FAILED")
+            raise PolicyWorkerError(f"{self._which_actor(e)} died at step {self.step}: the run stops. Resume from "
+                                    f"the last checkpoint ({ckpt.latest(self.ckpt_root) or 'none yet'}) with "
+                                    f"trainer.resume=auto; steps after it are redone.") from e
+        except BaseException:
+            self.tracker.finish("FAILED")
+            raise
+        self.export_policy(os.path.join(self.out, "policy_hf"))
+        self.tracker.finish()
+        last["tracking_failures"] = self.tracker.failures
+        return last
+
+    def train_step(self, trajs: list[dict], t_gen: float) -> dict:
+        cfg, a, step = self.cfg, self.cfg.algorithm, self.step
+        t0 = time.perf_counter()
+        # 1. keep only samples within the staleness bound (never train on older ones)
+        fresh = [t for t in trajs if may_train(t["policy_version"], step, cfg.trainer.staleness)]
+        stale_hist = collections.Counter(step - t["policy_version"] for t in trajs)
+        # 2. rewards -> advantages (GRPO groups by the unique prompt id)
+        scores = torch.tensor([t["reward"] for t in fresh], dtype=torch.float32)
+        ids = [t["prompt_id"] for t in fresh]
+        spread = group_spread(scores, ids)
+        ties = tied_groups(scores, ids, spread)
+        keep = spread if a.filter_groups else torch.ones_like(spread)  # filter: the groups whose rewards differ
+        train, ids, scores = [t for t, k in zip(fresh, keep) if k], [i for i, k in zip(ids, keep) if k], scores[keep]
+        if not train:  # nothing to learn from (filter_groups dropped every group): the weights stay
+            return self._finish_step(trajs, fresh, None, {"skipped": 1.0}, stale_hist, ties, t_gen,
+                                     time.perf_counter() - t0, 0.0)
+        batch = collate(train, self.tokenizer.pad_token_id)
+        if a.name == "grpo":
+            batch["advantages"] = grpo_advantages(scores, ids, a.adv_eps)
+        elif a.name == "reinforce":
+            batch["advantages"] = reinforce_advantages(scores)
+        t_reward = time.perf_counter() - t0
+        # 3. log-probs of the frozen reference (the KL anchor) and, for PPO's KL-in-reward, of the current policy.
+        # Otherwise no forward pass for old_logprobs: with one optimiser step per batch the weights do not move
+        # before the batch's last gradient, so the loss's default (the detached current log-probs) is the same
+        # numbers; with algorithm.epochs > 1 the policy workers compute them before the first epoch.
+        t1 = time.perf_counter()
+        if a.name == "ppo":
+            batch["old_logprobs"] = self.policy.compute_logprobs(batch)
+        if self.colocated_ref:
+            batch["ref_logprobs"] = self.policy.compute_logprobs(batch, reference=True)
+        elif self.ref is not None:
+            batch["ref_logprobs"] = self.ref.compute_logprobs(batch)
+        if a.name == "ppo":  # KL in the reward, GAE with gamma = lambda = 1 over the policy's tokens
+            values = self.critic.compute_values(batch)
+            ref_lp = batch.get("ref_logprobs", batch["old_logprobs"])
+            tok_r = ppo_token_rewards(scores, batch["old_logprobs"], ref_lp, batch["loss_mask"], a.kl_in_reward_beta)
+            adv, batch["returns"] = gae(tok_r, values, batch["loss_mask"], a.gamma, a.lam)
+            batch["advantages"] = masked_whiten(adv, batch["loss_mask"])  # the critic learns from raw returns
+            batch["values"] = values  # old values, for the clipped value loss
+        # 4. update the policy (and critic)
+        # PPO's critic warm-up: the policy waits while the value function leaves its random start
+        stats = {} if self.critic is not None and self.step < a.critic_warmup else self.policy.update(batch)
+        if self.critic is not None:
+            stats.update({f"critic/{k}": v for k, v in self.critic.update_critic(batch).items()})
+        return self._finish_step(trajs, fresh, batch, stats, stale_hist, ties, t_gen, t_reward,
+                                 time.perf_counter() - t1)
+
+    def _finish_step(self, trajs, fresh, batch, stats, stale_hist, ties, t_gen, t_reward, t_update) -> dict:
+        cfg, t0 = self.cfg, time.perf_counter()
+        self.version += 1
+        # 5. sync the new weights to the rollout workers
+        t_sync = self.sync_weights()
+        self.step += 1
+        self.consumed.extend(sorted({t["prompt_id"] for t in trajs}))
+        # 6. log and checkpoint
+        metrics = self._metrics(fresh, stats, stale_hist, t_gen, t_reward, t_update, t_sync)
+        metrics.update(ties)  # groups whose rewards all tie: no GRPO gradient
+        metrics["batch/trained"] = 0 if batch is None else int(batch["input_ids"].shape[0])
+        metrics["time/step"] = t_gen + t_reward + t_update + (time.perf_counter() - t0)
+        if self.eval_rows and self.step % cfg.trainer.eval_every == 0:
+            metrics.update(self.evaluate())
+        self.tracker.log_metrics(metrics, step=self.step)
+        if cfg.trainer.sample_every and (self.step % cfg.trainer.sample_every == 0 or self.step == 1):
+            self.tracker.log_text(self._samples_text(fresh[:4]), f"samples/step_{self.step:06d}.txt")
+        if cfg.trainer.checkpoint_every and (self.step % cfg.trainer.checkpoint_every == 0
+                                             or self.step == cfg.trainer.steps):
+            self.save_checkpoint()
+        return metrics
+
+    # ---------------------------------------------------------------- bookkeeping
+    def noise_p(self, step: int) -> float:
+        """The noise probability the simulator clients use at `step` (0 for real-search backends)."""
+        if self.cfg.search.backend not in ("simulate_prompt", "simulate_sft", "hybrid", "http"):
+            return 0.0
+        return noise_at(self.search_cfg["curriculum"], step)
+
+    def evaluate(self) -> dict:
+        """Greedy rollouts on held-out rows with real search, spread over the rollout workers."""
+        parts = [self.eval_rows[w::len(self.rollout)] for w in range(len(self.rollout))]
+        trajs = self.rollout.collect(self.rollout.submit(parts, (1, self.step, True, "em", True)))
+        n = max(len(trajs), 1)
+        return {f"eval/{k}": sum(t["metrics"][k] for t in trajs) / n for k in ("em", "cover_em", "f1")} | {
+            "eval/searches": sum(t["searches"] for t in trajs) / n}
+
+    def _metrics(self, trajs, stats, stale_hist, t_gen, t_reward, t_update, t_sync) -> dict:
+        n = max(len(trajs), 1)
+        gen_tokens = float(sum(sum(t["loss_mask"]) if t.get("loss_mask") is not None else len(t["response_ids"])
+                               for t in trajs))
+        m = {
+            "reward/mean": sum(t["reward"] for t in trajs) / n,
+            **{f"reward/{k}": sum(t["metrics"][k] for t in trajs) / n for k in ("em", "cover_em", "f1")},
+            "rollout/searches": sum(t["searches"] for t in trajs) / n,
+            "rollout/invalid_rate": sum(t["invalid_actions"] > 0 for t in trajs) / n,
+            "rollout/response_tokens": gen_tokens / n,
+            "rollout/answered": sum(t["answer"] is not None for t in trajs) / n,
+            "rollout/trajectories": len(trajs),
+            "curriculum/noise_p": self.noise_p(self.step - 1),
+            **search_call_metrics(trajs),
+            "faults/rollout_restarts": self.rollout.restarts,
+            "time/generation": t_gen, "time/search": sum(t.get("search_s", 0.0) for t in trajs) / n,
+            "time/reward": t_reward, "time/update": t_update, "time/sync": t_sync,
+            "throughput/gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
+            "policy/version": self.version,
+        }
+        stats = dict(stats)
+        if "logprob_gap" in stats:  # the trained tokens' |log pi_behav - log pi_prox|, from the policy's loss
+            m["rollout/logprob_gap"] = float(stats.pop("logprob_gap"))
+        for k, v in stale_hist.items():
+            m[f"staleness/{k}"] = v
+        m.update({f"actor/{k}": float(v) for k, v in stats.items()})
+        return m
+
+    def _samples_text(self, trajs) -> str:
+        out = []
+        for t in trajs:
+            text = self.tokenizer.decode(t["response_ids"], skip_special_tokens=False)
+            out.append(f"=== {t['prompt_id']} #{t['sample_index']} v{t['policy_version']} reward={t['reward']:.3f} "
+                       f"gold={t['golden_answers']}\nQ: {t['question']}\n{text}\n")
+        return "\n".join(out)
+
+    def save_checkpoint(self) -> str:
+        def parts(d):
+            self.policy.save_checkpoint(os.path.join(d, "policy"))
+            if self.critic:
+                self.critic.save_checkpoint(os.path.join(d, "critic"))
+
+        state = {"step": self.step, "version": self.version, "consumed": self.consumed,
+                 "noise_p": self.noise_p(self.step)}
+        path = ckpt.save(self.ckpt_root, self.step, state, parts, self.cfg.trainer.keep_checkpoints)
+        self.progress(f"[ckpt] {path}")
+        return path
+
+    def export_policy(self, out_dir: str) -> str:
+        self.policy.export_hf(out_dir, self.cfg.model.policy_path)
+        return out_dir
+
+    def _which_actor(self, err: BaseException) -> str:
+        """'policy worker (role actor, rank 0)' for the policy-side actor named by a RayActorError."""
+        dead = getattr(err, "actor_id", None)
+        for g in (self.policy, self.ref, self.critic):
+            for rank, w in enumerate(g.workers if g is not None else []):
+                if dead and w._actor_id.hex() == dead:
+                    return f"policy worker (role {g.role}, rank {rank})"
+        return "a policy worker"
+
+    def shutdown(self) -> None:
+        self.rollout.shutdown()
+        for g in (self.policy, self.ref, self.critic):
+            if g is not None:
+                g.shutdown()
+        self.placement.remove()
+
+
+def search_call_metrics(trajs: list[dict]) -> dict:
+    """Fractions of the search calls that were noisy, failed (no-information text) or fell back to real search."""
+    calls = [c for t in trajs for c in t.get("search_calls", [])]
+    n = max(len(calls), 1)
+    return {f"search/{k}_fraction": sum(bool(c.get(k)) for c in calls) / n for k in ("noisy", "failed", "fallback", "shared")}
+
+
+def _plain(node) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def _tokenizer(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def run(cfg, progress=print) -> dict:
+    """Train with `cfg`; returns the last step's metrics."""
+    from zs_ray.preflight import check_hardware
+
+    check_hardware(cfg)
+    trainer = Trainer(cfg, progress)
+    try:
+        result = trainer.train()
+        progress(trainer.tracker.summary())
+        with open(os.path.join(trainer.out, "final_metrics.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        return result
+    finally:
+        trainer.shutdown()
