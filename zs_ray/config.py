@@ -14,8 +14,8 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from zs_ray.weight_sync.choose import MODES as WEIGHT_SYNC_MODES
-from zs_ray.weight_sync.choose import nccl_config_problem
+from zs_ray.paths import resolve_config
+from zs_ray.weight_sync.choose import MODES as WEIGHT_SYNC_MODES, nccl_config_problem
 
 SEARCH_BACKENDS = ("simulate_prompt", "simulate_sft", "bm25", "http", "retriever", "hybrid")
 ALGORITHMS = ("grpo", "ppo", "reinforce")
@@ -286,6 +286,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     schema = OmegaConf.structured(ZSConfig)
     cfg = schema
     if path is not None:
+        path = resolve_config(path)
         if not os.path.exists(path):
             raise ConfigError(f"config file not found: {path}")
         try:

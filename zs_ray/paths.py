@@ -42,3 +42,13 @@ def config_file(*parts: str) -> str:
 def default_config() -> str:
     """The CPU default config, configs/cpu_default.yaml."""
     return config_file("cpu_default.yaml")
+
+
+def resolve_config(path: str) -> str:
+    """A config path as given; `configs/...` that is not there (an installed package run from another folder)
+    is the shipped copy of that file."""
+    parts = os.path.normpath(path).split(os.sep)
+    if os.path.exists(path) or os.path.isabs(path) or parts[0] != "configs" or len(parts) < 2:
+        return path
+    shipped = config_file(*parts[1:])
+    return shipped if os.path.exists(shipped) else path
