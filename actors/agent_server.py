@@ -34,8 +34,8 @@ class AgentServer:
 
         apply_local_env()
         set_threads(int(cfg.get("resources", {}).get("threads_per_actor", 1)))
-        from zs_ray.eval.evaluation import RecordingSearch, build_engine
         from zs_ray.core.rollout import as_rollout_config
+        from zs_ray.eval.evaluation import RecordingSearch, build_engine
         from zs_ray.search.clients import make_search_backend
 
         self.cfg = OmegaConf.create(cfg)

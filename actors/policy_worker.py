@@ -294,8 +294,8 @@ class PolicyWorker:
 
     def load_checkpoint(self, ckpt_dir: str) -> dict:
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict,
-                                                             set_model_state_dict, set_state_dict)
+        from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
+                                                             set_state_dict)
 
         with open(os.path.join(ckpt_dir, "meta.json")) as f:
             meta = json.load(f)

@@ -17,15 +17,9 @@ from typing import Any, Optional
 
 import ray
 
-from zs_ray.engines.engine import engine_kwargs, make_engine
-from zs_ray.core.rollout import as_rollout_config, run_rollouts
+from zs_ray.core.rollout import RolloutRequest, as_rollout_config, run_rollouts
 from zs_ray.core.search import NoSearch, SearchBackend
-
-
-def split_groups(rows: list, n_workers: int) -> list[list]:
-    """Rows spread round-robin over workers; every sample of one prompt stays on its row's worker."""
-    n = max(1, int(n_workers))
-    return [rows[w::n] for w in range(n)]
+from zs_ray.engines.engine import engine_kwargs, make_engine
 
 
 def build_search_backend(search_cfg: dict, seed: int = 0) -> SearchBackend:
@@ -67,12 +61,12 @@ class RolloutWorker:
                 "engine": type(self.engine).__name__, "startup_s": self.startup_s,
                 "warmup_s": time.perf_counter() - t, "search": getattr(self.search, "name", "?")}
 
-    async def rollout(self, rows: list[dict], n_samples: int, step: int, greedy: bool = False,
-                      reward_kind: str = "f1", evaluation: bool = False) -> list[dict]:
-        search = self.eval_search if evaluation and self.eval_search is not None else self.search
-        trajs = await run_rollouts(self.engine, search, rows, n_samples, rollout_cfg=self.cfg,
-                                   topk=int(self.search_cfg.get("topk", 5)), step=step, greedy=greedy,
-                                   reward_kind=reward_kind, seed=self.seed,
+    async def rollout(self, rows: list[dict], request: RolloutRequest) -> list[dict]:
+        r = request
+        search = self.eval_search if r.evaluation and self.eval_search is not None else self.search
+        trajs = await run_rollouts(self.engine, search, rows, r.n_samples, rollout_cfg=self.cfg,
+                                   topk=int(self.search_cfg.get("topk", 5)), step=r.step, greedy=r.greedy,
+                                   reward_kind=r.reward_kind, seed=self.seed,
                                    max_query_chars=int(self.search_cfg.get("max_query_chars", 512)))
         return [t.to_dict() for t in trajs]
 

@@ -32,7 +32,7 @@ app = FastAPI(title="zs-ray search simulator")
 DEFAULTS = asdict(SearchConfig())
 
 
-def _tokens_for_chars(tokenizer, ids: list[int], chars: int) -> int:
+def tokens_for_chars(tokenizer, ids: list[int], chars: int) -> int:
     """The fewest leading tokens of `ids` whose decoded text covers `chars` characters (at least 1).
     Bisects over prefix lengths: log2(n) decodes, not n."""
     n = 1 + bisect.bisect_left(range(1, len(ids) + 1), chars,
@@ -40,11 +40,11 @@ def _tokens_for_chars(tokenizer, ids: list[int], chars: int) -> int:
     return max(1, min(len(ids), n))
 
 
-def _mean_logprob_of_kept(tokenizer, ids: list[int], logprobs: list[float], kept_chars: int) -> Optional[float]:
+def mean_logprob_of_kept(tokenizer, ids: list[int], logprobs: list[float], kept_chars: int) -> Optional[float]:
     """Mean log-prob of the tokens that produced the kept text (before the `Doc k+1` cut)."""
     if not ids:
         return None
-    n = _tokens_for_chars(tokenizer, ids, kept_chars)
+    n = tokens_for_chars(tokenizer, ids, kept_chars)
     return sum(logprobs[:n]) / n
 
 
@@ -126,7 +126,7 @@ class SimulatorServer:
         mean_lp = None
         if confidence:
             kept = len(cut_at_next_doc(c["text"], int(k)))
-            mean_lp = _mean_logprob_of_kept(self.tokenizer, c["token_ids"], c["logprobs"], kept)
+            mean_lp = mean_logprob_of_kept(self.tokenizer, c["token_ids"], c["logprobs"], kept)
         return dict(docs=parsed.docs, mean_logprob=mean_lp, dropped_chars=parsed.dropped_chars, noisy=bool(noisy))
 
     def stats(self) -> dict:

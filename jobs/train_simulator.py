@@ -36,8 +36,8 @@ def main(cfg) -> dict:
         from zs_ray.preflight import check_config
         cfg = load_config(args[0], args[1:])
         check_config(cfg, "simulator")  # the model, questions, corpus it reads, before anything starts
-    from zs_ray.runtime import apply_local_env
     from zs_ray.config import SimulatorSFTConfig
+    from zs_ray.runtime import apply_local_env
     from zs_ray.sft.simulator_data import load_rows
     from zs_ray.sft.simulator_sft import run
 

@@ -10,9 +10,9 @@ import sys
 
 def main(argv):
     from zs_ray.config import load_config
-    from zs_ray.tools.model_import import DEFAULT_OUT
-    from zs_ray.sft.real_warmstart import warm_start
     from zs_ray.runtime import apply_local_env
+    from zs_ray.sft.real_warmstart import warm_start
+    from zs_ray.tools.model_import import DEFAULT_OUT
 
     p = argparse.ArgumentParser(prog="zs-ray warmstart", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

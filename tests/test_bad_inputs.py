@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from zs_ray.data.qa import DataError
 from zs_ray.core.protocol import NO_INFORMATION
+from zs_ray.data.qa import DataError
 
 GOOD = {"id": "q0", "question": "who?", "golden_answers": ["x"]}
 

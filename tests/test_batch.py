@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from zs_ray.core.batch import (ROW_INDEX, collate, merge_rank_outputs, micro_batches, pad_columns, split_for_ranks,
-                          trim_padding)
+                               trim_padding)
 
 PAD = 0
 

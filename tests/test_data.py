@@ -5,8 +5,8 @@ import pytest
 from conftest import shared_path
 
 from zs_ray.core import protocol
-from zs_ray.data.qa import (DataError, golds_of, load_dataset_files, load_rows,
-                         names_from_path, question_of, write_searchr1_parquet)
+from zs_ray.data.qa import (DataError, golds_of, load_dataset_files, load_rows, names_from_path, question_of,
+                            write_searchr1_parquet)
 
 NQ_PARQUET = ("searchr1_format", "nq_search_test.parquet")
 BAMBOOGLE = ("qa", "flashrag_format", "bamboogle_test.jsonl")

@@ -120,10 +120,10 @@ def test_reload_drops_only_the_rotary_warning():
     any checkpoint, and vLLM keeps it): filtered out; the same warning about any other layer still passes."""
     import logging
 
-    from zs_ray.engines.engine import _quiet_rotary_reload_warning
+    from zs_ray.engines.engine import quiet_rotary_reload_warning
 
-    _quiet_rotary_reload_warning()
-    _quiet_rotary_reload_warning()  # idempotent: one filter, not one per engine
+    quiet_rotary_reload_warning()
+    quiet_rotary_reload_warning()  # idempotent: one filter, not one per engine
     log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
     assert len(log.filters) == 1
 

@@ -6,9 +6,9 @@ import os
 import pytest
 
 from zs_ray.config import ConfigError, load_config, to_dict
-from zs_ray.eval.report import eval_title
-from zs_ray.eval.evaluation import describe_search, resolve_eval_search
 from zs_ray.core.search import NoSearch
+from zs_ray.eval.evaluation import describe_search, resolve_eval_search
+from zs_ray.eval.report import eval_title
 
 DEFAULT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "cpu_default.yaml")
 

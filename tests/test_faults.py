@@ -14,7 +14,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import free_port
 from test_trainer import make_cfg, small_world  # noqa: F401  (module-scoped fixture: one small world here)
 
@@ -23,8 +22,8 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 def _expected_consumed(cfg, steps: int) -> list:
     """What an uninterrupted run consumes: the prompt ids of steps 0..steps-1 (zs_ray.core.schedule)."""
-    from zs_ray.data.qa import load_dataset_files
     from zs_ray.core.schedule import prompts_for_step
+    from zs_ray.data.qa import load_dataset_files
 
     rows = load_dataset_files(list(cfg.data.train_files), split="train")
     out = []
@@ -46,7 +45,7 @@ def test_rollout_worker_killed_mid_step_restarted_resynced_rerun(ray_session, sm
     cfg = make_cfg(small_world, str(tmp_path), "trainer.steps=3")
     msgs, trained = [], []
     tr = Trainer(cfg, progress=msgs.append)
-    launch, train_step = tr._launch, tr.train_step
+    launch, train_step = tr.launch_rollouts, tr.train_step
     killed = {}
 
     def launch_then_kill(gen_step):
@@ -61,7 +60,7 @@ def test_rollout_worker_killed_mid_step_restarted_resynced_rerun(ray_session, sm
                         "versions": [t["policy_version"] for t in trajs]})
         return train_step(trajs, t_gen)
 
-    tr._launch, tr.train_step = launch_then_kill, record
+    tr.launch_rollouts, tr.train_step = launch_then_kill, record
     try:
         last = tr.train()
         assert tr.rollout[0] is not killed["handle"]  # replaced
@@ -167,7 +166,7 @@ def test_simulator_hang_times_out_retries_healthy_replica_then_falls_back(ray_se
     from zs_ray.core.rollout import run_trajectory
     from zs_ray.search.base import SearchError
     from zs_ray.search.clients import SimulatorSearch
-    from zs_ray.train.trainer import search_call_metrics
+    from zs_ray.train.step_metrics import search_call_metrics
 
     # one of two replicas hangs: its calls time out and are retried (with backoff). A timed-out call is
     # cancelled, so the hung replica looks idle again and Serve's router picks either replica at random: each
@@ -280,8 +279,8 @@ def _kill_tree_by_marker(marker: str) -> int:
 
 @pytest.mark.integration
 def test_driver_sigkill_then_resume_consumes_each_prompt_once(ray_session, small_world, tmp_path):  # noqa: F811
-    from zs_ray.train import checkpoint as ckpt
     from zs_ray.config import save_config
+    from zs_ray.train import checkpoint as ckpt
     from zs_ray.train.trainer import run
 
     out = str(tmp_path)
@@ -351,7 +350,7 @@ def test_interrupted_checkpoint_keeps_previous_and_resumes_from_it(ray_session, 
         # resume from the previous checkpoint through the real load path (same workers)
         tr.policy.save_checkpoint = save
         tr.cfg.trainer.resume = "auto"
-        tr._resume()
+        tr.resume()
         assert (tr.step, tr.version) == (1, 1)
         assert _fingerprint(tr.policy.full_state_dict()) == saved["step_000001.tmp"]
         assert ray_session.get(tr.rollout[0].version.remote()) == 1

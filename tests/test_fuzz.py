@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from zs_ray.core.protocol import parse_action
 from zs_ray.core.reward import (cover_exact_match, exact_match, extract_answer, f1_score, normalize_answer,
-                           score_response)
+                                score_response)
 from zs_ray.core.simulator_prompts import parse_documents
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -9,12 +9,11 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-
-import socket
 
 import pytest
 

@@ -45,7 +45,7 @@ def test_grpo_raises_training_reward_on_an_easy_world(ray_session, tmp_path):
     rewards = []
     try:
         for _ in range(cfg.trainer.steps):
-            trajs = tr.rollout.collect(tr._launch(tr.step)[2])
+            trajs = tr.rollout_step()
             rewards.append(tr.train_step(trajs, 0.0)["reward/mean"])
     finally:
         tr.tracker.finish()

@@ -56,10 +56,10 @@ def child(tmp: str) -> dict:
     import ray
     from ray.cluster_utils import Cluster
 
-    import actors.worker_group as wg
     import actors.rollout_worker as rw
-    from zs_ray.train import trainer as trainer_mod
+    import actors.worker_group as wg
     from zs_ray.config import load_config
+    from zs_ray.train import trainer as trainer_mod
     from zs_ray.train.placement import plan
     from zs_ray.world.files import build_world_assets
 

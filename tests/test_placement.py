@@ -14,7 +14,8 @@ def cfg_with(*overrides):
 
 # ---------------------------------------------------------------- shapes (no Ray)
 def test_bundle_shapes_follow_the_config():
-    from zs_ray.train.placement import NODE_FRACTION, policy_bundles, policy_roles, rollout_bundles, simulator_actor_options
+    from zs_ray.train.placement import (NODE_FRACTION, policy_bundles, policy_roles, rollout_bundles,
+                                        simulator_actor_options)
 
     cfg = cfg_with("resources.policy_workers=4", "resources.gpus_per_policy_worker=1", "resources.cpus_per_policy_worker=8",
                    "resources.policy_node_resource=policy_node", "resources.rollout_workers=3",

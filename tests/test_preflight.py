@@ -198,9 +198,9 @@ def test_download_fails_fast_offline(monkeypatch, tmp_path):
 
 def test_download_fails_fast_without_a_connection(monkeypatch, tmp_path):
     """Offline mode off: the probe finds no route to the hub (no internet here) and gives up at once."""
-    from zs_ray.tools.hub import HubUnavailable, download
-
     import socket
+
+    from zs_ray.tools.hub import HubUnavailable, download
     with socket.socket() as s:  # a loopback port nobody listens on: refused at once, with or without internet
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

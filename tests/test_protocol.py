@@ -2,7 +2,8 @@
 import pytest
 
 from zs_ray.core import protocol as P
-from zs_ray.core.protocol import Action, make_prompt, normalize_question, observation_text, parse_action, render_documents
+from zs_ray.core.protocol import (Action, make_prompt, normalize_question, observation_text, parse_action,
+                                  render_documents)
 
 # The `prompt[0].content` of row test_0 of Search-R1's released nq_search/test.parquet (SOURCES.md §1).
 REAL_ROW_PROMPT = (

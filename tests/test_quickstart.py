@@ -40,7 +40,7 @@ def test_quickstart_smoke_runs_every_stage(tmp_path):
     assert [ln.split("|")[1].strip() for ln in md.splitlines()[4:]] == [
         "prior + warm start", "warm start + more SFT, same compute as RL", row]
     assert (out / "policy_warm3" / "model.safetensors").exists()
-    cfg = (tdir / "grpo___real_bm25_search" / "config.yaml").read_text()  # the row's folder: experiment._slug(row)
+    cfg = (tdir / "grpo___real_bm25_search" / "config.yaml").read_text()  # the row's folder: experiment.row_slug(row)
     assert f"policy_path: {out}/policy_warm3" in cfg
 
 

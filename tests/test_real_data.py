@@ -5,9 +5,9 @@ import time
 
 import pytest
 
+from zs_ray.core.reward import normalize_answer
 from zs_ray.data import real as rd
 from zs_ray.data.qa import DataError, load_dataset_files, load_rows, write_searchr1_parquet
-from zs_ray.core.reward import normalize_answer
 
 
 def _jsonl(path, rows):

@@ -10,7 +10,6 @@ import os
 
 import pytest
 import torch
-
 from conftest import shared_path
 
 pytestmark = pytest.mark.integration
@@ -75,6 +74,7 @@ def test_grpo_steps_on_real_questions_keep_tokens_masks_and_logprobs_exact(ray_s
     from transformers import AutoTokenizer
 
     from zs_ray.core.batch import collate
+    from zs_ray.core.rollout import RolloutRequest
     from zs_ray.data.qa import question_of
     from zs_ray.train.trainer import Trainer
 
@@ -84,7 +84,7 @@ def test_grpo_steps_on_real_questions_keep_tokens_masks_and_logprobs_exact(ray_s
     tr = Trainer(cfg, progress=lambda *_: None)
     try:
         rows = tr.rows[:2]
-        trajs = tr.rollout.collect(tr.rollout.submit([rows], (2, tr.step, False, "f1", False)))
+        trajs = tr.rollout.collect(tr.rollout.submit([rows], RolloutRequest(n_samples=2, step=tr.step)))
         assert len(trajs) == 4
         by_question = {question_of(r): r for r in rows}
         for t in trajs:

@@ -6,8 +6,8 @@ import pytest
 from conftest import shared_path
 
 from zs_ray.core.protocol import render_documents
-from zs_ray.search.retrieval import BM25Index, format_passage, load_or_build, parse_passage, unquote_title
 from zs_ray.core.reward import normalize_answer
+from zs_ray.search.retrieval import BM25Index, format_passage, load_or_build, parse_passage, unquote_title
 
 POOL = ("derived", "wiki18_e5top3_pool_nq.jsonl")
 NQ_SUB = ("qa", "flashrag_format", "nq_test_sub1000.jsonl")

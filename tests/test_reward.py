@@ -2,7 +2,7 @@
 import pytest
 
 from zs_ray.core.reward import (cover_exact_match, exact_match, extract_answer, f1_score, normalize_answer,
-                           score_answer, score_response, training_reward)
+                                score_answer, score_response, training_reward)
 
 
 @pytest.mark.parametrize("raw,norm", [

@@ -8,8 +8,8 @@ import json
 import re
 
 import pytest
-
 from conftest import shared_path
+
 from zs_ray.core.protocol import parse_action
 from zs_ray.core.reward import extract_answer, score_answer
 

@@ -6,8 +6,7 @@ import sys
 import pytest
 
 from zs_ray.config import ConfigError, load_config
-from zs_ray.tools.seed_compat import (SEED_KEYS, SeedArgError, build_command, main, seed_overrides,
-                                simulator_url)
+from zs_ray.tools.seed_compat import SEED_KEYS, SeedArgError, build_command, main, seed_overrides, simulator_url
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_CMD = ("NUM_GPUS_PER_NODE 4 MODEL_PATH Llama-3.2-3B DATA_PATH ZeroSearch_dataset TOTAL_STEPS 203 "

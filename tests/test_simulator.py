@@ -8,7 +8,6 @@ import asyncio
 import time
 
 import pytest
-
 from conftest import free_port
 from test_simulator_sft import K, trained_simulator
 
@@ -72,13 +71,13 @@ class _CharTokenizer:
 
 @pytest.mark.parametrize("kept,n", [(0, 1), (3, 1), (4, 2), (9, 3), (10, 4), (22, 7), (99, 7)])
 def test_kept_text_maps_to_the_tokens_that_wrote_it(kept, n):
-    from actors.simulator import _mean_logprob_of_kept, _tokens_for_chars
+    from actors.simulator import mean_logprob_of_kept, tokens_for_chars
 
     tok, ids = _CharTokenizer(), list(range(7))  # "Doc 1: ab cd Doc 2: ef": prefix lengths 3 6 9 12 16 19 22
-    assert _tokens_for_chars(tok, ids, kept) == n
+    assert tokens_for_chars(tok, ids, kept) == n
     lps = [-float(i + 1) for i in ids]
-    assert _mean_logprob_of_kept(tok, ids, lps, kept) == pytest.approx(sum(lps[:n]) / n)
-    assert _mean_logprob_of_kept(tok, [], [], kept) is None
+    assert mean_logprob_of_kept(tok, ids, lps, kept) == pytest.approx(sum(lps[:n]) / n)
+    assert mean_logprob_of_kept(tok, [], [], kept) is None
 
 
 # ---------------------------------------------------------------- the coin (no Ray needed) --------

@@ -48,7 +48,7 @@ def test_grpo_two_policy_workers_three_steps_weights_synced(ray_session, small_w
 
         before = compare()
         for _ in range(3):
-            trajs = tr.rollout.collect(tr._launch(tr.step)[2])
+            trajs = tr.rollout_step()
             m = tr.train_step(trajs, 0.0)
             for k in ("actor/loss", "actor/kl", "actor/entropy", "reward/mean", "actor/grad_norm"):
                 assert k in m and torch.isfinite(torch.tensor(m[k])), (k, m.get(k))
@@ -127,7 +127,7 @@ def test_filter_groups_trains_only_groups_whose_rewards_differ(ray_session, smal
     cfg = make_cfg(small_world, str(tmp_path), "trainer.steps=2", "algorithm.filter_groups=true")
     tr = Trainer(cfg, progress=lambda *_: None)
     try:
-        trajs = tr.rollout.collect(tr._launch(tr.step)[2])
+        trajs = tr.rollout_step()
         ids = sorted({t["prompt_id"] for t in trajs})
         assert len(ids) == 3 and len(trajs) == 6
         for t in trajs:  # the first prompt's samples tie; the others' differ
@@ -138,7 +138,7 @@ def test_filter_groups_trains_only_groups_whose_rewards_differ(ray_session, smal
         assert "actor/skipped" not in m and torch.isfinite(torch.tensor(m["actor/loss"]))
 
         before = tr.policy.full_state_dict()
-        trajs = tr.rollout.collect(tr._launch(tr.step)[2])
+        trajs = tr.rollout_step()
         for t in trajs:
             t["reward"] = 0.0
         m = tr.train_step(trajs, 0.0)

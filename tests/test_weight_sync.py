@@ -175,8 +175,8 @@ def test_nccl_sync_lands_in_the_engine_and_tags_the_version(ray_session, tiny_as
     if engine == "vllm" and not _cuda_vllm():
         pytest.skip("the CUDA build of vLLM is not installed")
     from actors.policy_worker import free_port
-    from actors.worker_group import WorkerGroup
     from actors.rollout_worker import RolloutWorker
+    from actors.worker_group import WorkerGroup
     from zs_ray.world.tiny_models import make_tiny_model
 
     ray = ray_session

@@ -15,7 +15,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from zs_ray.paths import resolve_config
-from zs_ray.weight_sync.choose import MODES as WEIGHT_SYNC_MODES, nccl_config_problem
+from zs_ray.weight_sync.choose import MODES as WEIGHT_SYNC_MODES
+from zs_ray.weight_sync.choose import nccl_config_problem
 
 SEARCH_BACKENDS = ("simulate_prompt", "simulate_sft", "bm25", "http", "retriever", "hybrid")
 ALGORITHMS = ("grpo", "ppo", "reinforce")

@@ -20,7 +20,6 @@ from typing import Optional
 from zs_ray.paths import project_root
 
 
-
 # ------------------------------------------------------------------ CPU accounting
 def cpu_busy_s() -> float:
     """The machine's busy CPU time so far, summed over cores (s): not idle, iowait or steal (the hypervisor's);

@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from zs_ray.data.qa import golds_of, question_of
 from zs_ray.core.protocol import INVALID_FEEDBACK, observation_text, parse_action, render_documents
+from zs_ray.data.qa import golds_of, question_of
 
 _CUT = re.compile(r"</(search|answer)>")
 

@@ -85,16 +85,17 @@ def main():
         import ray
 
         from actors.rollout_worker import RolloutWorker
+        from zs_ray.core.rollout import RolloutRequest
         from zs_ray.runtime import init_ray
 
         init_ray(num_cpus=4)
         w = RolloutWorker.options(num_cpus=1).remote(model, rollout_cfg, search_cfg, 0, 0, "cpu")
         info = ray.get(w.ready.remote())
-        run = lambda step: ray.get(w.rollout.remote(rows, args.samples, step))  # noqa: E731
+        run = lambda step: ray.get(w.rollout.remote(rows, RolloutRequest(args.samples, step)))  # noqa: E731
     else:
         from actors.rollout_worker import build_search_backend
-        from zs_ray.engines.engine import make_engine
         from zs_ray.core.rollout import run_rollouts
+        from zs_ray.engines.engine import make_engine
 
         kw = dict(max_model_len=2048, max_num_seqs=128)
         if args.engine == "vllm":

@@ -26,7 +26,6 @@ from zs_ray.bench.assets import cpu_busy_s, cpu_by_process, measure_quickstart, 
 from zs_ray.bench.report import Row, log_mlflow, machine, markdown, paired, table, write_section
 from zs_ray.paths import default_config, project_root
 
-
 PRESETS = {
     "quick": dict(entities=60, policy_sft=100, sim_sft=60, prompts=8, reps=3, scale_reps=2, steps=3, stale_reps=2,
                   seq_calls=12, quickstart="smoke", quickstart_timeout_s=900, models_from_quickstart=False),
@@ -52,11 +51,11 @@ class Bench:
         self.device = cfg.resources.device
         init_ray(num_cpus=8)
         from actors.simulator import deploy_simulator
+        from zs_ray.config import to_dict
         from zs_ray.data.qa import load_dataset_files
-        from zs_ray.train.trainer import _plain
 
-        self.rollout_cfg = _plain(cfg.rollout)
-        s = _plain(cfg.search)
+        self.rollout_cfg = to_dict(cfg.rollout)
+        s = to_dict(cfg.search)
         # One engine batch must hold every trajectory's search of a turn (the config is sized for the
         # quickstart's 8 prompts x 5): a smaller batch splits a turn's searches into two waves.
         n_traj = p["prompts"] * int(cfg.rollout.n_samples)
@@ -112,11 +111,10 @@ class Bench:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from zs_ray.engines.engine import make_engine
-        from zs_ray.core.rollout import run_rollouts
-
         from zs_ray.bench import reference_loop as ref
         from zs_ray.bench.rollout_bench import summarize
+        from zs_ray.core.rollout import run_rollouts
+        from zs_ray.engines.engine import make_engine
         rc, n = self.rollout_cfg, int(self.rollout_cfg["n_samples"])
         # rollout.gpu_memory_utilization: on a GPU this engine stays up beside the trainer's of figures 2/4
         engine = make_engine(rc["engine"], self.paths["policy"], max_model_len=rc["max_context_tokens"], seed=0,
@@ -166,7 +164,9 @@ class Bench:
 
     # -------------------------------------------------------------- 6a. rollout workers
     def rollout_scaling(self, counts=(1, 2, 4)) -> list[Row]:
-        from actors.rollout_worker import RolloutWorker, split_groups
+        from actors.rollout_worker import RolloutWorker
+        from zs_ray.core.rollout import RolloutRequest
+        from zs_ray.core.schedule import split_groups
 
         ray, rc, n = self.ray, self.rollout_cfg, int(self.rollout_cfg["n_samples"])
         search_cfg = {"backend": self.sim_cfg["backend"], "app_name": "bench_sim", "topk": self.sim_cfg["topk"],
@@ -179,8 +179,8 @@ class Bench:
         def tok_s(k, step):
             """(sampled tokens/s, share of the machine's cores kept busy) of one rollout with k workers."""
             t, b = time.perf_counter(), cpu_busy_s()
-            parts = ray.get([w.rollout.remote(part, n, step) for w, part in zip(workers, split_groups(self.rows, k))
-                             if part])
+            parts = ray.get([w.rollout.remote(part, RolloutRequest(n, step))
+                             for w, part in zip(workers, split_groups(self.rows, k)) if part])
             wall = time.perf_counter() - t
             tokens = sum(sum(x["loss_mask"]) for part in parts for x in part)
             return tokens / wall, (cpu_busy_s() - b) / ((os.cpu_count() or 1) * wall)
@@ -208,17 +208,18 @@ class Bench:
 
     # -------------------------------------------------------------- 6b. policy workers
     def policy_scaling(self) -> Row:
+        import torch
+
         from actors.worker_group import WorkerGroup
+        from zs_ray.config import to_dict
         from zs_ray.core.algorithms import grpo_advantages
         from zs_ray.core.batch import collate
-        from zs_ray.train.trainer import _plain
-        import torch
 
         trajs = self.last_trajs
         batch = collate(trajs, self.engine.tokenizer.pad_token_id)
         batch["advantages"] = grpo_advantages(torch.tensor([t["reward"] for t in trajs]),
                                               [t["prompt_id"] for t in trajs], 1e-6)
-        algo, model = _plain(self.cfg.algorithm), _plain(self.cfg.model)
+        algo, model = to_dict(self.cfg.algorithm), to_dict(self.cfg.model)
         res = {"num_cpus": 0.5, "num_gpus": self.cfg.resources.gpus_per_policy_worker}
         groups = {k: WorkerGroup(k, self.paths["policy"], algo, model, "actor", res, self.device, 0) for k in (1, 2)}
 
@@ -241,13 +242,10 @@ class Bench:
 
     # -------------------------------------------------------------- 2 + 4. trainer
     def trainer(self) -> list[Row]:
-        import collections
+        from ray import serve
 
         from zs_ray.config import load_config
-        from zs_ray.core.schedule import may_launch
         from zs_ray.train.trainer import Trainer
-
-        from ray import serve
 
         serve.delete("bench_sim")  # free its memory; the Trainer deploys its own simulator
         w, p = self.paths["world"], self.p
@@ -262,16 +260,12 @@ class Bench:
         by_kind: dict[int, dict[str, list[float]]] = {0: {}, 1: {}}  # staleness -> process kind -> core-s per step
 
         def segment(staleness: int, n: int):
-            """n steps with this staleness (the Trainer.train loop); returns step intervals, metrics and the
-            machine's busy CPU core-seconds in each interval."""
+            """n steps with this staleness (Trainer.next_step, as in Trainer.train); returns step intervals,
+            metrics and the machine's busy CPU core-seconds in each interval."""
             tr.cfg.trainer.staleness = staleness
-            end, inflight, next_gen, ends, ms, busy, procs = tr.step + n, collections.deque(), tr.step, [], [], [], []
+            end, ends, ms, busy, procs = tr.step + n, [], [], [], []
             while tr.step < end:
-                while next_gen < end and may_launch(next_gen, tr.version, staleness):
-                    inflight.append(tr._launch(next_gen))
-                    next_gen += 1
-                _, t_launch, jobs = inflight.popleft()
-                ms.append(tr.train_step(tr.rollout.collect(jobs), time.perf_counter() - t_launch))
+                ms.append(tr.next_step(launch_until=end))
                 ends.append(time.perf_counter())
                 busy.append(cpu_busy_s())
                 procs.append(cpu_by_process())

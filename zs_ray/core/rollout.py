@@ -17,10 +17,25 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from zs_ray.config import RolloutConfig
-from zs_ray.data.qa import golds_of, question_of
 from zs_ray.core.protocol import INVALID_FEEDBACK, STOP_STRINGS, make_prompt, observation_text, parse_action
 from zs_ray.core.reward import score_answer, training_reward
 from zs_ray.core.search import SearchBackend, SearchResult
+from zs_ray.data.qa import golds_of, question_of
+
+
+@dataclass(frozen=True)
+class RolloutRequest:
+    """What one rollout call asks of a rollout worker, for every row it is given."""
+    n_samples: int  # trajectories per row (a GRPO group)
+    step: int  # the training step: the curriculum's position and part of every sampling seed
+    greedy: bool = False
+    reward_kind: str = "f1"  # em | f1 (reward.training_reward)
+    evaluation: bool = False  # held-out: the worker's real-search backend instead of the training one
+
+    @classmethod
+    def held_out(cls, step: int) -> "RolloutRequest":
+        """One greedy sample per row, scored by EM, with real search."""
+        return cls(n_samples=1, step=step, greedy=True, reward_kind="em", evaluation=True)
 
 
 @dataclass

@@ -63,3 +63,9 @@ def may_train(sample_version: int, step: int, staleness: int) -> bool:
 
 def may_launch(gen_step: int, policy_version: int, staleness: int) -> bool:
     return gen_step - policy_version <= staleness
+
+
+def split_groups(rows: list, n_workers: int) -> list[list]:
+    """Rows spread round-robin over workers; every sample of one prompt stays on its row's worker."""
+    n = max(1, int(n_workers))
+    return [rows[w::n] for w in range(n)]

@@ -25,9 +25,9 @@ import random
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from zs_ray.data.qa import DataError, _Problems, _read_jsonl, flashrag_to_searchr1, golds_of, load_rows, \
-    question_of, write_searchr1_parquet
 from zs_ray.core.reward import normalize_answer
+from zs_ray.data.qa import (DataError, _Problems, _read_jsonl, flashrag_to_searchr1, golds_of, load_rows, question_of,
+                            write_searchr1_parquet)
 from zs_ray.paths import project_root
 
 SOURCES = ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle")

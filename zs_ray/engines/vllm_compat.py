@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 
-def _patch_vllm_kernel_scan() -> None:
+def patch_vllm_kernel_scan() -> None:
     """vLLM 0.32 (CPU) scans every loaded module for Triton kernels with `vars(x).get("kernel")`. An object
     whose `__getattr__` answers any name (llvmlite's `ffi.lib`, loaded with numba by bm25s) makes `vars()`
     return a non-mapping and engine start-up crashes. Give that module a tolerant `vars`."""
@@ -29,7 +29,7 @@ def _rotary_reload_warning(record) -> bool:
     return record.getMessage() != "RotaryEmbedding: Failed to load weights"
 
 
-def _quiet_rotary_reload_warning() -> None:
+def quiet_rotary_reload_warning() -> None:
     import logging
 
     log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
@@ -44,7 +44,7 @@ def cpu_kv_cache_kwargs(kv_cache_gb: float) -> dict:
     return {"kv_cache_memory_bytes": int(float(kv_cache_gb) * (1 << 30))}
 
 
-def _check_cpu_head_dim(model_path: str, trust_remote_code: bool) -> None:
+def check_cpu_head_dim(model_path: str, trust_remote_code: bool) -> None:
     """vLLM's CPU attention kernels support only some head sizes; say so before vLLM fails deep inside."""
     from transformers import AutoConfig
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend

@@ -23,11 +23,11 @@ import os
 import time
 from typing import Callable, Optional, Sequence
 
-from zs_ray.data.qa import golds_of, question_of
-from zs_ray.eval.report import (METRIC_NAMES, Progress, aggregate, eval_title, flat_metrics, markdown_table, plot_summary,
-                          write_csv, write_jsonl)
 from zs_ray.core.protocol import normalize_question
 from zs_ray.core.reward import extract_answer, score_answer
+from zs_ray.data.qa import golds_of, question_of
+from zs_ray.eval.report import (METRIC_NAMES, Progress, aggregate, eval_title, flat_metrics, markdown_table,
+                                plot_summary, write_csv, write_jsonl)
 
 EVAL_MODES = ("agent", "direct", "rag")
 

@@ -9,8 +9,8 @@ import time
 from typing import Optional, Sequence
 
 from zs_ray.core.search import SearchBackend, SearchResult
-from zs_ray.search.base import Counters, SearchError, SimulatorBase, with_retries
 from zs_ray.core.simulator_prompts import parse_documents, simulator_prompt
+from zs_ray.search.base import Counters, SearchError, SimulatorBase, with_retries
 
 
 class _HTTP:

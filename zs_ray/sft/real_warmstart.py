@@ -11,9 +11,9 @@ from __future__ import annotations
 import random
 from typing import Callable, Optional
 
-from zs_ray.data.qa import golds_of, load_dataset_files, question_of
 from zs_ray.core.protocol import observation_text, render_documents
 from zs_ray.core.reward import normalize_answer
+from zs_ray.data.qa import golds_of, load_dataset_files, question_of
 
 
 def demonstration(question: str, gold: str, docs: list[str]) -> str:

@@ -9,9 +9,9 @@ import random
 import re
 from typing import Callable, Iterable, Sequence
 
-from zs_ray.data.qa import golds_of
 from zs_ray.core.protocol import render_documents
 from zs_ray.core.reward import normalize_answer
+from zs_ray.data.qa import golds_of
 
 USEFUL, NOISY = "useful", "noisy"
 Labeller = Callable[[str, Sequence[str], Sequence[str]], str]  # (question, golds, docs) -> label

@@ -26,13 +26,12 @@ import json
 import os
 from typing import Callable, Optional, Sequence
 
-from zs_ray.data.qa import golds_of
 from zs_ray.core.protocol import render_documents
-from zs_ray.sft.simulator_data import (NOISY, Labeller, answer_in_docs_label, contains_answer, label_and_balance,
-                             pairs_from_corpus, pairs_from_trajectories, split_questions, states_answer,
-                             targets_of, write_sft_set)
 from zs_ray.core.simulator_prompts import simulator_prompt
-
+from zs_ray.data.qa import golds_of
+from zs_ray.sft.simulator_data import (NOISY, Labeller, answer_in_docs_label, contains_answer, label_and_balance,
+                                       pairs_from_corpus, pairs_from_trajectories, split_questions, states_answer,
+                                       targets_of, write_sft_set)
 
 # ---------------------------------------------------------------- model I/O ------------------------
 

@@ -1,6 +1,6 @@
-"""The driver. One step reads top to bottom (`train_step`): take a batch of groups, rewards and
-advantages, reference log-probs, update, sync, log, checkpoint. Rollouts for later steps run on the
-rollout workers while the policy trains, bounded by the staleness rule in zs_ray/core/schedule.py.
+"""The driver. One step reads top to bottom (`train_step`): take a batch of groups, reference log-probs,
+advantages, update, weight sync, log, checkpoint. `next_step` launches the rollouts of later steps first, so
+they run on the rollout workers while the policy trains, bounded by the staleness rule (zs_ray/core/schedule.py).
 """
 from __future__ import annotations
 
@@ -9,18 +9,21 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from zs_ray.train import checkpoint as ckpt
-from zs_ray.core.algorithms import (gae, group_spread, grpo_advantages, masked_whiten, ppo_token_rewards, reinforce_advantages,
-                         tied_groups)
+from zs_ray.config import save_config, to_dict
+from zs_ray.core.algorithms import (gae, group_spread, grpo_advantages, masked_whiten, ppo_token_rewards,
+                                    reinforce_advantages, tied_groups)
 from zs_ray.core.batch import collate
-from zs_ray.config import save_config
 from zs_ray.core.curriculum import noise_at
+from zs_ray.core.rollout import RolloutRequest
+from zs_ray.core.schedule import may_launch, may_train, prompts_for_step, split_groups
 from zs_ray.data.qa import load_dataset_files
-from zs_ray.core.schedule import may_launch, may_train, prompts_for_step
+from zs_ray.train import checkpoint as ckpt
+from zs_ray.train.step_metrics import StepTimes, samples_text, step_metrics
 from zs_ray.train.tracking import Tracker
 from zs_ray.weight_sync.choose import resolve_weight_sync
 
@@ -31,12 +34,19 @@ class PolicyWorkerError(RuntimeError):
     """A policy / reference / critic worker died: the run stops; resume with trainer.resume=auto."""
 
 
+@dataclass
+class PendingRollout:
+    """One step's rollout calls, launched and not yet collected."""
+    step: int
+    launched_at: float  # time.perf_counter()
+    jobs: list  # RolloutPool.submit's
+
+
 class Trainer:
     def __init__(self, cfg, progress=print):
         from actors.rollout_pool import RolloutPool
         from actors.rollout_worker import RolloutWorker
         from actors.worker_group import WorkerGroup
-
         from zs_ray.runtime import init_ray
 
         self.cfg, self.progress = cfg, progress
@@ -55,7 +65,7 @@ class Trainer:
         self.ckpt_root = os.path.join(self.out, "checkpoints")
         self.curriculum_steps = cfg.curriculum.total_steps or cfg.trainer.steps
         r, a, m = cfg.resources, cfg.algorithm, cfg.model
-        algo, model = {**_plain(a), "total_steps": cfg.trainer.steps}, _plain(m)  # for the lr schedule
+        algo, model = {**to_dict(a), "total_steps": cfg.trainer.steps}, to_dict(m)  # for the lr schedule
         res = lambda kind: {"num_cpus": r[f"cpus_per_{kind}"], "num_gpus": r[f"gpus_per_{kind}"]}  # noqa: E731
         self.search_cfg = self._start_search()
         group = lambda path, role, **kw: WorkerGroup(  # noqa: E731
@@ -71,7 +81,7 @@ class Trainer:
         eval_search = self._bm25_cfg()
         # The same arguments every time, so a dead rollout worker is replaced by an identical one.
         new_rollout = lambda i: RolloutWorker.options(**self.placement.rollout_options(i)).remote(  # noqa: E731
-            m.policy_path, _plain(cfg.rollout), self.search_cfg, i, cfg.trainer.seed, r.device,
+            m.policy_path, to_dict(cfg.rollout), self.search_cfg, i, cfg.trainer.seed, r.device,
             cfg.resources.threads_per_actor, eval_search, model)
         self.rollout = RolloutPool(new_rollout, r.rollout_workers, self.policy, self.weight_sync,
                                    cfg.trainer.rollout_timeout_s, cfg.trainer.sync_timeout_s, progress,
@@ -79,7 +89,9 @@ class Trainer:
         log.info("weight sync: %s", self.weight_sync)
         self.tokenizer = _tokenizer(m.policy_path)
         self.step, self.version, self.consumed = 0, 0, []
-        self._resume()
+        self._inflight: collections.deque[PendingRollout] = collections.deque()  # launched, not yet trained on
+        self._next_launch = 0  # the next step whose rollouts are launched
+        self.resume()
 
     # ---------------------------------------------------------------- set-up helpers
     def _bm25_cfg(self) -> Optional[dict]:
@@ -96,8 +108,8 @@ class Trainer:
 
     def _start_search(self) -> dict:
         """Deploy the Serve simulator when the backend needs one and no external URL is given."""
-        s = _plain(self.cfg.search)
-        s["curriculum"] = {**_plain(self.cfg.curriculum), "total_steps": self.curriculum_steps}  # read by noise_at
+        s = to_dict(self.cfg.search)
+        s["curriculum"] = {**to_dict(self.cfg.curriculum), "total_steps": self.curriculum_steps}  # read by noise_at
         s["seed"] = self.cfg.trainer.seed
         if s["backend"] == "bm25":
             s.update(self._bm25_cfg() or {})
@@ -111,7 +123,10 @@ class Trainer:
             s["serve_app"] = "simulator"
         return s
 
-    def _resume(self) -> None:
+    def resume(self) -> None:
+        """Continue from the checkpoint trainer.resume names (auto: the latest; never: none): weights, step,
+        policy version and consumed prompts; the rollout workers then get those weights."""
+        self._inflight.clear()  # rollouts launched before were for the old position
         mode = self.cfg.trainer.resume
         path = ckpt.latest(self.ckpt_root) if mode == "auto" else (None if mode == "never" else mode)
         if not path:
@@ -125,15 +140,22 @@ class Trainer:
         self.sync_weights()
 
     # ---------------------------------------------------------------- rollout and sync
-    def _launch(self, gen_step: int):
-        """Start the rollouts of one future step; all samples of a prompt go to one worker.
-        Returns (step, launch time, the jobs `self.rollout.collect` waits for)."""
+    def launch_rollouts(self, gen_step: int) -> PendingRollout:
+        """Start the rollouts of step `gen_step` (now or ahead of it); all samples of a prompt go to one worker."""
         idx = prompts_for_step(len(self.rows), gen_step, self.cfg.trainer.prompts_per_step,
                                self.cfg.trainer.seed, self.cfg.data.shuffle)
-        rows = [self.rows[i] for i in idx]
-        parts = [rows[w::len(self.rollout)] for w in range(len(self.rollout))]
-        jobs = self.rollout.submit(parts, (self.cfg.rollout.n_samples, gen_step, False, self.cfg.algorithm.reward))
-        return gen_step, time.perf_counter(), jobs
+        request = RolloutRequest(self.cfg.rollout.n_samples, gen_step, reward_kind=self.cfg.algorithm.reward)
+        jobs = self.rollout.submit(split_groups([self.rows[i] for i in idx], len(self.rollout)), request)
+        return PendingRollout(gen_step, time.perf_counter(), jobs)
+
+    def collect_rollouts(self, pending: PendingRollout) -> tuple[list[dict], float]:
+        """The launched step's trajectories and the seconds since its launch."""
+        trajs = self.rollout.collect(pending.jobs)
+        return trajs, time.perf_counter() - pending.launched_at
+
+    def rollout_step(self) -> list[dict]:
+        """The current step's trajectories, generated now with the current weights (no overlap)."""
+        return self.collect_rollouts(self.launch_rollouts(self.step))[0]
 
     def _await_rollout_bundle(self) -> None:
         """Before a rollout worker is replaced: after a node loss its bundle must be rescheduled first; this
@@ -152,22 +174,14 @@ class Trainer:
         import ray
 
         cfg, last = self.cfg, {}
-        inflight = collections.deque()
-        next_gen, t0, start_step = self.step, time.perf_counter(), self.step
+        t0, start_step = time.perf_counter(), self.step
+        self._inflight.clear()  # an earlier call's launched rollouts (it failed mid-step) are not reused
         if self.eval_rows and self.step == 0:  # the starting point of the held-out curve
             self.tracker.log_metrics(self.evaluate(), step=0)
         try:
             while self.step < cfg.trainer.steps:
-                while next_gen < cfg.trainer.steps and may_launch(next_gen, self.version, cfg.trainer.staleness):
-                    inflight.append(self._launch(next_gen))
-                    next_gen += 1
-                gen_step, t_launch, jobs = inflight.popleft()
-                assert gen_step == self.step
-                trajs = self.rollout.collect(jobs)
-                t_gen = time.perf_counter() - t_launch
-                last = self.train_step(trajs, t_gen)
-                done = self.step - start_step
-                eta = (time.perf_counter() - t0) / done * (cfg.trainer.steps - self.step)
+                last = self.next_step()
+                eta = (time.perf_counter() - t0) / (self.step - start_step) * (cfg.trainer.steps - self.step)
                 self.progress(f"[train] step {self.step}/{cfg.trainer.steps}  reward {last['reward/mean']:.3f}  "
                               f"em {last['reward/em']:.3f}  searches {last['rollout/searches']:.2f}  "
                               f"p_noise {last['curriculum/noise_p']:.3f}  {last['time/step']:.1f}s/step  "
@@ -185,75 +199,107 @@ class Trainer:
         last["tracking_failures"] = self.tracker.failures
         return last
 
+    def next_step(self, launch_until: Optional[int] = None) -> dict:
+        """One training step with overlap: first launch every later step's rollouts that the staleness rule
+        (trainer.staleness) allows, up to step `launch_until` (default trainer.steps), then train on this
+        step's. Returns the step's metrics."""
+        until = self.cfg.trainer.steps if launch_until is None else launch_until
+        self._next_launch = max(self._next_launch, self.step)
+        while self._next_launch < until and may_launch(self._next_launch, self.version, self.cfg.trainer.staleness):
+            self._inflight.append(self.launch_rollouts(self._next_launch))
+            self._next_launch += 1
+        pending = self._inflight.popleft()
+        assert pending.step == self.step, (pending.step, self.step)
+        return self.train_step(*self.collect_rollouts(pending))
+
     def train_step(self, trajs: list[dict], t_gen: float) -> dict:
+        """One update from one step's trajectories (`t_gen`: their generation time), then the weight sync,
+        logging and checkpoint; returns the step's metrics."""
         cfg, a, step = self.cfg, self.cfg.algorithm, self.step
-        t0 = time.perf_counter()
+        times, t0 = StepTimes(generation=t_gen), time.perf_counter()
         # 1. keep only samples within the staleness bound (never train on older ones)
         fresh = [t for t in trajs if may_train(t["policy_version"], step, cfg.trainer.staleness)]
         stale_hist = collections.Counter(step - t["policy_version"] for t in trajs)
-        # 2. rewards -> advantages (GRPO groups by the unique prompt id)
+        # 2. group the rewards by the unique prompt id; algorithm.filter_groups keeps the groups whose rewards differ
         scores = torch.tensor([t["reward"] for t in fresh], dtype=torch.float32)
         ids = [t["prompt_id"] for t in fresh]
         spread = group_spread(scores, ids)
         ties = tied_groups(scores, ids, spread)
-        keep = spread if a.filter_groups else torch.ones_like(spread)  # filter: the groups whose rewards differ
+        keep = spread if a.filter_groups else torch.ones_like(spread)
         train, ids, scores = [t for t, k in zip(fresh, keep) if k], [i for i, k in zip(ids, keep) if k], scores[keep]
-        if not train:  # nothing to learn from (filter_groups dropped every group): the weights stay
-            return self._finish_step(trajs, fresh, None, {"skipped": 1.0}, stale_hist, ties, t_gen,
-                                     time.perf_counter() - t0, 0.0)
-        batch = collate(train, self.tokenizer.pad_token_id)
-        if a.name == "grpo":
-            batch["advantages"] = grpo_advantages(scores, ids, a.adv_eps)
-        elif a.name == "reinforce":
-            batch["advantages"] = reinforce_advantages(scores)
-        t_reward = time.perf_counter() - t0
-        # 3. log-probs of the frozen reference (the KL anchor) and, for PPO's KL-in-reward, of the current policy.
-        # Otherwise no forward pass for old_logprobs: with one optimiser step per batch the weights do not move
-        # before the batch's last gradient, so the loss's default (the detached current log-probs) is the same
-        # numbers; with algorithm.epochs > 1 the policy workers compute them before the first epoch.
-        t1 = time.perf_counter()
-        if a.name == "ppo":
+        batch, stats = None, {"skipped": 1.0}  # nothing to learn from (every group filtered): the weights stay
+        times.reward = time.perf_counter() - t0
+        if train:
+            t1 = time.perf_counter()
+            batch = collate(train, self.tokenizer.pad_token_id)
+            # 3. log-probs of the frozen reference (the KL anchor; PPO: and of the policy that generated)
+            self._add_logprobs(batch)
+            # 4. advantages: GRPO per prompt group, REINFORCE against the batch mean, PPO from the critic
+            if a.name == "grpo":
+                batch["advantages"] = grpo_advantages(scores, ids, a.adv_eps)
+            elif a.name == "reinforce":
+                batch["advantages"] = reinforce_advantages(scores)
+            else:
+                self._add_ppo_advantages(batch, scores)
+            # 5. update the policy (and the critic)
+            stats = self._update(batch)
+            times.update = time.perf_counter() - t1
+        # 6. the new weights to every rollout worker
+        t2 = time.perf_counter()
+        self.version += 1
+        times.sync = self.sync_weights()
+        self.step += 1
+        self.consumed.extend(sorted({t["prompt_id"] for t in trajs}))
+        # 7. log and checkpoint
+        metrics = step_metrics(fresh, stats, stale_hist, times, noise_p=self.noise_p(self.step - 1),
+                               rollout_restarts=self.rollout.restarts, policy_version=self.version)
+        metrics.update(ties)  # groups whose rewards all tie: no GRPO gradient
+        metrics["batch/trained"] = 0 if batch is None else int(batch["input_ids"].shape[0])
+        metrics["time/step"] = t_gen + times.reward + times.update + (time.perf_counter() - t2)
+        self._log_and_checkpoint(metrics, fresh)
+        return metrics
+
+    def _add_logprobs(self, batch: dict) -> None:
+        """The reference's log-probs (the KL anchor) and, for PPO's KL-in-reward, the current policy's. Otherwise
+        no forward pass for old_logprobs: with one optimiser step per batch the weights do not move before the
+        batch's last gradient, so the loss's default (the detached current log-probs) is the same numbers; with
+        algorithm.epochs > 1 the policy workers compute them before the first epoch."""
+        if self.cfg.algorithm.name == "ppo":
             batch["old_logprobs"] = self.policy.compute_logprobs(batch)
         if self.colocated_ref:
             batch["ref_logprobs"] = self.policy.compute_logprobs(batch, reference=True)
         elif self.ref is not None:
             batch["ref_logprobs"] = self.ref.compute_logprobs(batch)
-        if a.name == "ppo":  # KL in the reward, GAE with gamma = lambda = 1 over the policy's tokens
-            values = self.critic.compute_values(batch)
-            ref_lp = batch.get("ref_logprobs", batch["old_logprobs"])
-            tok_r = ppo_token_rewards(scores, batch["old_logprobs"], ref_lp, batch["loss_mask"], a.kl_in_reward_beta)
-            adv, batch["returns"] = gae(tok_r, values, batch["loss_mask"], a.gamma, a.lam)
-            batch["advantages"] = masked_whiten(adv, batch["loss_mask"])  # the critic learns from raw returns
-            batch["values"] = values  # old values, for the clipped value loss
-        # 4. update the policy (and critic)
-        # PPO's critic warm-up: the policy waits while the value function leaves its random start
-        stats = {} if self.critic is not None and self.step < a.critic_warmup else self.policy.update(batch)
+
+    def _add_ppo_advantages(self, batch: dict, scores: torch.Tensor) -> None:
+        """PPO: the KL in the reward, GAE with gamma = lambda = 1 over the policy's tokens, whitened advantages;
+        the critic's values now (for the clipped value loss) and the raw returns it learns from."""
+        a = self.cfg.algorithm
+        values = self.critic.compute_values(batch)
+        ref_lp = batch.get("ref_logprobs", batch["old_logprobs"])
+        tok_r = ppo_token_rewards(scores, batch["old_logprobs"], ref_lp, batch["loss_mask"], a.kl_in_reward_beta)
+        adv, batch["returns"] = gae(tok_r, values, batch["loss_mask"], a.gamma, a.lam)
+        batch["advantages"] = masked_whiten(adv, batch["loss_mask"])
+        batch["values"] = values
+
+    def _update(self, batch: dict) -> dict:
+        """The policy's update; with a critic, its update too, and the policy waits out the critic's warm-up
+        (algorithm.critic_warmup steps) while the value function leaves its random start."""
+        warming = self.critic is not None and self.step < self.cfg.algorithm.critic_warmup
+        stats = {} if warming else self.policy.update(batch)
         if self.critic is not None:
             stats.update({f"critic/{k}": v for k, v in self.critic.update_critic(batch).items()})
-        return self._finish_step(trajs, fresh, batch, stats, stale_hist, ties, t_gen, t_reward,
-                                 time.perf_counter() - t1)
+        return stats
 
-    def _finish_step(self, trajs, fresh, batch, stats, stale_hist, ties, t_gen, t_reward, t_update) -> dict:
-        cfg, t0 = self.cfg, time.perf_counter()
-        self.version += 1
-        # 5. sync the new weights to the rollout workers
-        t_sync = self.sync_weights()
-        self.step += 1
-        self.consumed.extend(sorted({t["prompt_id"] for t in trajs}))
-        # 6. log and checkpoint
-        metrics = self._metrics(fresh, stats, stale_hist, t_gen, t_reward, t_update, t_sync)
-        metrics.update(ties)  # groups whose rewards all tie: no GRPO gradient
-        metrics["batch/trained"] = 0 if batch is None else int(batch["input_ids"].shape[0])
-        metrics["time/step"] = t_gen + t_reward + t_update + (time.perf_counter() - t0)
-        if self.eval_rows and self.step % cfg.trainer.eval_every == 0:
+    def _log_and_checkpoint(self, metrics: dict, fresh: list[dict]) -> None:
+        cfg = self.cfg.trainer
+        if self.eval_rows and self.step % cfg.eval_every == 0:
             metrics.update(self.evaluate())
         self.tracker.log_metrics(metrics, step=self.step)
-        if cfg.trainer.sample_every and (self.step % cfg.trainer.sample_every == 0 or self.step == 1):
-            self.tracker.log_text(self._samples_text(fresh[:4]), f"samples/step_{self.step:06d}.txt")
-        if cfg.trainer.checkpoint_every and (self.step % cfg.trainer.checkpoint_every == 0
-                                             or self.step == cfg.trainer.steps):
+        if cfg.sample_every and (self.step % cfg.sample_every == 0 or self.step == 1):
+            self.tracker.log_text(samples_text(self.tokenizer, fresh[:4]), f"samples/step_{self.step:06d}.txt")
+        if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
             self.save_checkpoint()
-        return metrics
 
     # ---------------------------------------------------------------- bookkeeping
     def noise_p(self, step: int) -> float:
@@ -264,47 +310,11 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Greedy rollouts on held-out rows with real search, spread over the rollout workers."""
-        parts = [self.eval_rows[w::len(self.rollout)] for w in range(len(self.rollout))]
-        trajs = self.rollout.collect(self.rollout.submit(parts, (1, self.step, True, "em", True)))
+        parts = split_groups(self.eval_rows, len(self.rollout))
+        trajs = self.rollout.collect(self.rollout.submit(parts, RolloutRequest.held_out(self.step)))
         n = max(len(trajs), 1)
         return {f"eval/{k}": sum(t["metrics"][k] for t in trajs) / n for k in ("em", "cover_em", "f1")} | {
             "eval/searches": sum(t["searches"] for t in trajs) / n}
-
-    def _metrics(self, trajs, stats, stale_hist, t_gen, t_reward, t_update, t_sync) -> dict:
-        n = max(len(trajs), 1)
-        gen_tokens = float(sum(sum(t["loss_mask"]) if t.get("loss_mask") is not None else len(t["response_ids"])
-                               for t in trajs))
-        m = {
-            "reward/mean": sum(t["reward"] for t in trajs) / n,
-            **{f"reward/{k}": sum(t["metrics"][k] for t in trajs) / n for k in ("em", "cover_em", "f1")},
-            "rollout/searches": sum(t["searches"] for t in trajs) / n,
-            "rollout/invalid_rate": sum(t["invalid_actions"] > 0 for t in trajs) / n,
-            "rollout/response_tokens": gen_tokens / n,
-            "rollout/answered": sum(t["answer"] is not None for t in trajs) / n,
-            "rollout/trajectories": len(trajs),
-            "curriculum/noise_p": self.noise_p(self.step - 1),
-            **search_call_metrics(trajs),
-            "faults/rollout_restarts": self.rollout.restarts,
-            "time/generation": t_gen, "time/search": sum(t.get("search_s", 0.0) for t in trajs) / n,
-            "time/reward": t_reward, "time/update": t_update, "time/sync": t_sync,
-            "throughput/gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
-            "policy/version": self.version,
-        }
-        stats = dict(stats)
-        if "logprob_gap" in stats:  # the trained tokens' |log pi_behav - log pi_prox|, from the policy's loss
-            m["rollout/logprob_gap"] = float(stats.pop("logprob_gap"))
-        for k, v in stale_hist.items():
-            m[f"staleness/{k}"] = v
-        m.update({f"actor/{k}": float(v) for k, v in stats.items()})
-        return m
-
-    def _samples_text(self, trajs) -> str:
-        out = []
-        for t in trajs:
-            text = self.tokenizer.decode(t["response_ids"], skip_special_tokens=False)
-            out.append(f"=== {t['prompt_id']} #{t['sample_index']} v{t['policy_version']} reward={t['reward']:.3f} "
-                       f"gold={t['golden_answers']}\nQ: {t['question']}\n{text}\n")
-        return "\n".join(out)
 
     def save_checkpoint(self) -> str:
         def parts(d):
@@ -337,19 +347,6 @@ class Trainer:
             if g is not None:
                 g.shutdown()
         self.placement.remove()
-
-
-def search_call_metrics(trajs: list[dict]) -> dict:
-    """Fractions of the search calls that were noisy, failed (no-information text) or fell back to real search."""
-    calls = [c for t in trajs for c in t.get("search_calls", [])]
-    n = max(len(calls), 1)
-    return {f"search/{k}_fraction": sum(bool(c.get(k)) for c in calls) / n for k in ("noisy", "failed", "fallback", "shared")}
-
-
-def _plain(node) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(node, resolve=True)
 
 
 def _tokenizer(path):

@@ -11,7 +11,8 @@ import csv
 import os
 import time
 
-from zs_ray.world.quickstart import PRESETS, build_prior, evaluate, quickstart_config, train_simulator, warm_start, write_world
+from zs_ray.world.quickstart import (PRESETS, build_prior, evaluate, quickstart_config, train_simulator, warm_start,
+                                     write_world)
 
 RL_ROWS = {
     # name: config overrides of the GRPO run
@@ -50,7 +51,7 @@ def _sft_baseline(out: str, warm: str, n_demos: int, seed: int, progress, out_di
     return out_dir
 
 
-def _slug(name: str) -> str:
+def row_slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
 
 
@@ -66,11 +67,11 @@ def run_table(out: str = "runs/quickstart", preset: str = "full", seed: int = 0,
             raise ValueError(f"{key} must be >= 1, got {v}")
     from omegaconf import OmegaConf
 
-    from zs_ray.eval.report import AVERAGE
-    from zs_ray.eval.evaluation import run_evaluation
     from zs_ray.core.search import NoSearch
-    from zs_ray.train.trainer import run as train
+    from zs_ray.eval.evaluation import run_evaluation
+    from zs_ray.eval.report import AVERAGE
     from zs_ray.train.tracking import Tracker
+    from zs_ray.train.trainer import run as train
 
     out, b, t0 = os.path.abspath(out), PRESETS[preset], time.perf_counter()
     steps = int(rl_steps if rl_steps is not None else b["rl_steps"])
@@ -104,7 +105,7 @@ def run_table(out: str = "runs/quickstart", preset: str = "full", seed: int = 0,
         if rows and name not in rows:
             continue
         progress(f"\n=== [table] {name}")
-        slug = _slug(name)
+        slug = row_slug(name)
         rcfg = quickstart_config(out, base + [o.format(out=out) for o in ovs] + [
             f"trainer.output_dir={tdir}/{slug}", f"tracking.run_name={name}{tag}"])
         if reuse and os.path.exists(f"{tdir}/{slug}/policy_hf/model.safetensors"):
@@ -114,7 +115,7 @@ def run_table(out: str = "runs/quickstart", preset: str = "full", seed: int = 0,
             train(rcfg, progress)
         results[name] = a(evaluate(rcfg, f"{tdir}/{slug}/policy_hf", b["eval_rows"], f"table_{slug}"))
         curves[name] = _history(rcfg, rcfg.tracking.run_name)
-    zs = f"{tdir}/{_slug('GRPO + simulate_sft + curriculum')}/policy_hf"
+    zs = f"{tdir}/{row_slug('GRPO + simulate_sft + curriculum')}/policy_hf"
     if os.path.isdir(zs):
         progress("\n=== [table] no search at test time")
         c = OmegaConf.merge(cfg, {"model": {"policy_path": zs}})

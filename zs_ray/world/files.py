@@ -9,9 +9,8 @@ import os
 from typing import Mapping, Optional
 
 from zs_ray.core.protocol import make_prompt
-from zs_ray.world.world import (ABILITY, NAME_SYLLABLES, SOURCE_1HOP, SOURCE_2HOP, VALUE_SYLLABLES, WORDS, Question, World,
-                    WorldParams, _write_jsonl, make_world)
-
+from zs_ray.world.world import (ABILITY, NAME_SYLLABLES, SOURCE_1HOP, SOURCE_2HOP, VALUE_SYLLABLES, WORDS, Question,
+                                World, WorldParams, _write_jsonl, make_world)
 
 # ---------------------------------------------------------------------------------------------
 # Files

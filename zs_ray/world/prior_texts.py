@@ -22,7 +22,7 @@ from typing import Iterator, Optional
 
 from zs_ray.core.protocol import make_prompt, observation_text, render_documents
 from zs_ray.world.world import (_NAME_SET, NAME_VALUED, Question, World, WorldParams, _write_jsonl, doc_text,
-                    fact_sentence, make_world, search_query)
+                                fact_sentence, make_world, search_query)
 
 
 def demonstration_turns(q: Question, docs_per_hop: list[list[str]]) -> list[tuple[str, bool]]:

@@ -15,7 +15,6 @@ from typing import Optional
 
 from zs_ray.paths import default_config
 
-
 # Budgets (optimiser steps / RL steps). "full" is the quickstart, fitted to 15 minutes on a 2-core CPU; "long" pre-
 # trains 50 % longer for a policy that copies far better (held-out copy accuracy 26 % -> 44 %, warm-start EM 13.9 ->
 # 26.7; 14:25 -> 17:12 on 2026-12-01); "smoke" is for tests.
@@ -105,8 +104,8 @@ def copy_probe_items(world_dir: str, n: int = 100, split: str = "test") -> list[
     """(question, prompt, response prefix, answer) of `n` held-out clean demonstrations (real BM25 top-k, gold
     passage in), each response cut right after the final "<think> NAME ATTR is". Built once per probe set:
     it retrieves with BM25 over the whole corpus."""
-    from zs_ray.world.prior_texts import warmstart_demos
     from zs_ray.world.files import load_world
+    from zs_ray.world.prior_texts import warmstart_demos
 
     items = []
     for q, prompt, segs in warmstart_demos(load_world(world_dir), split, with_segments=True)[:n]:
@@ -163,8 +162,8 @@ def build_prior(out: str, pretrain_steps: int, warm_steps: int, seed: int = 0, p
 
     from transformers import AutoTokenizer
 
-    from zs_ray.world.prior_texts import PRETRAIN_SEPARATOR, fact_recall, induction_sequence
     from zs_ray.sft.sft import encode_segments, encode_text_example, sft_train
+    from zs_ray.world.prior_texts import PRETRAIN_SEPARATOR, fact_recall, induction_sequence
     from zs_ray.world.world import WORDS
 
     p = quickstart_paths(out)

@@ -30,7 +30,6 @@ import random
 from dataclasses import dataclass, field
 from typing import Optional
 
-
 # ---------------------------------------------------------------------------------------------
 # Vocabulary of the world (fixed, independent of the seed, so every world shares one tokenizer)
 # ---------------------------------------------------------------------------------------------
