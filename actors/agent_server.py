@@ -44,7 +44,6 @@ class AgentServer:
         # No curriculum: a served agent never asks a simulator for noisy documents.
         self.search = RecordingSearch(make_search_backend(cfg["search"], None, seed=int(cfg["trainer"]["seed"])))
         self.rollout_cfg = as_rollout_config(cfg["rollout"])
-        self.topk = int(cfg["search"]["topk"])
         self.max_query_chars = int(cfg["search"].get("max_query_chars", 512))
         self.served = self.inflight = self.max_inflight = 0  # max_inflight > 1 shows questions were batched
 
@@ -63,7 +62,7 @@ class AgentServer:
         self.max_inflight = max(self.max_inflight, self.inflight)
         try:
             traj = await run_trajectory(self.engine, self.search, row, sample_index=0, rollout_cfg=self.rollout_cfg,
-                                        topk=self.topk, step=0, greedy=True, seed=0,
+                                        step=0, greedy=True, seed=0,
                                         max_query_chars=self.max_query_chars)
         finally:
             self.inflight -= 1

@@ -9,11 +9,11 @@ Losses come from zs_ray.core.algorithms; batch tensors follow zs_ray.core.batch'
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
 import shutil
-import socket
 import time
 from collections import defaultdict
 from typing import Any, Optional
@@ -21,20 +21,26 @@ from typing import Any, Optional
 import ray
 import torch
 import torch.distributed as dist
+from omegaconf import MISSING
 
+from zs_ray.config import AlgorithmConfig, ModelConfig
 from zs_ray.core.algorithms import actor_microbatch_loss, lr_factor, token_entropy, token_logprobs, value_loss
 from zs_ray.core.batch import from_column, micro_batches, pad_columns, response_window, trim_padding
 from zs_ray.core.layers import decoder_layers, freeze_lower_layers
-from zs_ray.runtime import LOOPBACK
+from zs_ray.runtime import free_port
 from zs_ray.weight_sync.nccl import NcclGroup, broadcast_state, pack_meta
 
 ROLES = ("actor", "ref", "critic")
-_ALGO_DEFAULTS = dict(clip=0.2, kl_estimator="k3", kl_coef=0.001, entropy_coef=0.001, lr=1e-6,
-                      weight_decay=0.01, warmup_steps=0, lr_schedule="constant", min_lr_ratio=0.1, total_steps=0,
-                      grad_clip=1.0, micro_batch_size=8, epochs=1, critic_lr=1e-5, value_clip=0.5,
-                      behaviour_correction="none", behaviour_weight_cap=2.0)
-_MODEL_DEFAULTS = dict(dtype="float32", attn_implementation="sdpa", trust_remote_code=False,
-                       gradient_checkpointing=False, trainable_layers=None)
+
+
+def _schema_defaults(section) -> dict:
+    """A config section's defaults, from the schema (zs_ray/config.py), less its required keys."""
+    return {k: v for k, v in dataclasses.asdict(section()).items() if v != MISSING}
+
+
+# What a caller leaves out of its algorithm / model dict. total_steps (the lr schedule's) is trainer.steps.
+ALGO_DEFAULTS = {**_schema_defaults(AlgorithmConfig), "total_steps": 0}
+MODEL_DEFAULTS = _schema_defaults(ModelConfig)
 
 
 class Critic(torch.nn.Module):
@@ -55,7 +61,7 @@ class Critic(torch.nn.Module):
         return torch.nn.functional.pad(v, (1, 0))
 
 
-def _plain(x: Any) -> Any:
+def _as_float(x: Any) -> Any:
     return float(x.full_tensor() if hasattr(x, "full_tensor") else x) if torch.is_tensor(x) else x
 
 
@@ -71,8 +77,8 @@ class PolicyWorker:
         self.master = f"tcp://{master_addr}:{int(master_port)}"
         self.model_path = model_path
         self.ref_path = ref_path if role == "actor" else None  # a frozen reference in this process (colocated)
-        self.algo = {**_ALGO_DEFAULTS, **{k: v for k, v in (algo_cfg or {}).items() if v is not None}}
-        self.mcfg = {**_MODEL_DEFAULTS, **{k: v for k, v in (model_cfg or {}).items() if v is not None}}
+        self.algo = {**ALGO_DEFAULTS, **{k: v for k, v in (algo_cfg or {}).items() if v is not None}}
+        self.mcfg = {**MODEL_DEFAULTS, **{k: v for k, v in (model_cfg or {}).items() if v is not None}}
         self.seed, self.steps = seed, 0
         self.model = self.ref_model = self.optimizer = self.scheduler = self._sync_group = None
         torch.set_num_threads(max(1, int(threads)))
@@ -210,7 +216,7 @@ class PolicyWorker:
                     sums[k] += float(v) / epochs
             grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
                                                        self.algo["grad_clip"])
-            sums["grad_norm"] += _plain(grad_norm) / epochs  # already global (same on every rank)
+            sums["grad_norm"] += _as_float(grad_norm) / epochs  # already global (same on every rank)
             sums["lr"] += self.optimizer.param_groups[0]["lr"] / epochs
             self.optimizer.step()
             self.scheduler.step()
@@ -388,10 +394,3 @@ def _copy_generation_config(lm, model_path):
         lm.generation_config = GenerationConfig.from_pretrained(model_path)
     except Exception:  # a model folder without generation_config.json keeps the default
         pass
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A free TCP port on `host` (node_info's rendezvous port; WorkerGroup's on one node)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]

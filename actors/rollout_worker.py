@@ -65,7 +65,7 @@ class RolloutWorker:
         r = request
         search = self.eval_search if r.evaluation and self.eval_search is not None else self.search
         trajs = await run_rollouts(self.engine, search, rows, r.n_samples, rollout_cfg=self.cfg,
-                                   topk=int(self.search_cfg.get("topk", 5)), step=r.step, greedy=r.greedy,
+                                   step=r.step, greedy=r.greedy,
                                    reward_kind=r.reward_kind, seed=self.seed,
                                    max_query_chars=int(self.search_cfg.get("max_query_chars", 512)))
         return [t.to_dict() for t in trajs]
@@ -100,10 +100,6 @@ class RolloutWorker:
 
     def version(self) -> int:
         return self.engine.version
-
-    def search_metrics(self) -> dict:
-        m = getattr(self.search, "metrics", None)
-        return m() if callable(m) else {}
 
     def weights_checksum(self) -> dict:
         """Per-parameter sums of the engine's weights (see the engine's docstring), to check a sync landed."""

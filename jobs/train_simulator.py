@@ -13,7 +13,7 @@ import os
 import sys
 
 
-def _plain(cfg) -> dict:
+def _as_dict(cfg) -> dict:
     try:
         from omegaconf import DictConfig, OmegaConf
         if isinstance(cfg, DictConfig):
@@ -41,7 +41,7 @@ def main(cfg) -> dict:
     from zs_ray.sft.simulator_data import load_rows
     from zs_ray.sft.simulator_sft import run
 
-    c = _plain(cfg)
+    c = _as_dict(cfg)
     sft = SimulatorSFTConfig(**(c.get("simulator_sft") or {}))  # keys already checked by the schema
     apply_local_env(os.path.dirname(os.path.abspath(sft.output_dir)))
     search, data, model = c.get("search") or {}, c.get("data") or {}, c.get("model") or {}

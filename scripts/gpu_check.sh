@@ -35,7 +35,7 @@ GPU_RES=(resources.device=cuda resources.num_cpus=16 resources.policy_workers=1 
          resources.gpus_per_simulator=0.25)
 SMOL_ARGS=("data.train_files=[$WORLD/train.parquet]" "data.test_files=[$WORLD/test.parquet]"
            "search.corpus=$WORLD/corpus.jsonl" "model.policy_path=$MODEL" search.backend=simulate_prompt
-           "search.simulator_model=$MODEL" data.max_prompt_tokens=1024 search.max_model_len=2048
+           "search.simulator_model=$MODEL" search.max_model_len=2048
            rollout.max_turn_tokens=128 rollout.max_context_tokens=2048)
 # Without the SmolLM2 folder the CUDA path still runs, on the bench's models (their own vocabulary and lengths).
 B=$BENCH_WORK

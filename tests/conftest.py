@@ -1,6 +1,5 @@
 """Shared, expensive fixtures: one Ray instance and one set of tiny models for the whole session."""
 import os
-import socket
 
 import pytest
 
@@ -49,8 +48,3 @@ def ray_session():
         pass
     ray.shutdown()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -137,7 +137,7 @@ def test_scripted_engine_every_row_scored(mode, rows_and_search, tiny_assets):
     engine = ScriptedEngine(_tok(tiny_assets), golds)
     seen = []
     recs = asyncio.run(evaluate_rows(engine, search if mode != "direct" else None, rows, mode=mode,
-                                     rollout_cfg=RolloutConfig(max_turns=2, max_context_tokens=100_000), topk=3,
+                                     rollout_cfg=RolloutConfig(max_turns=2, max_context_tokens=100_000),
                                      on_record=seen.append))
     assert len(recs) == len(seen) == len(rows) == 250
     assert [r["prompt_id"] for r in recs] == [r["prompt_id"] for r in rows]  # row order, nothing dropped

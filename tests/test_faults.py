@@ -14,8 +14,9 @@ import sys
 import time
 
 import pytest
-from conftest import free_port
 from test_trainer import make_cfg, small_world  # noqa: F401  (module-scoped fixture: one small world here)
+
+from zs_ray.runtime import free_port
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
@@ -194,7 +195,7 @@ def test_simulator_hang_times_out_retries_healthy_replica_then_falls_back(ray_se
     tok = AutoTokenizer.from_pretrained(tiny_assets["tokenizer"])
     eng = ScriptedEngine(tok, ["<search> capital of zorland </search>", "<answer> Karova </answer>"])
     traj = asyncio.run(run_trajectory(eng, s, make_row(0), sample_index=0, rollout_cfg=RolloutConfig(max_turns=2),
-                                      topk=2, step=0, seed=1))
+                                      step=0, seed=1))
     assert traj.answer == "Karova" and traj.search_calls[0]["failed"]
     assert NO_INFORMATION in tok.decode([t for t, mk in zip(traj.response_ids, traj.loss_mask) if mk == 0])
     assert search_call_metrics([traj.to_dict()])["search/failed_fraction"] == 1.0

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,17 +16,14 @@ import time
 
 import pytest
 
+from zs_ray.runtime import free_port
+
 pytestmark = pytest.mark.integration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 EXCLUDES = [".venv", "runs", "mlruns", "data", "models", ".git", "**/__pycache__", ".pytest_cache"]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_overrides(world: str, out: str, steps: int = 2) -> list[str]:

@@ -15,7 +15,6 @@ the test session's `ray_session`, with a private temp dir (RAY_TMPDIR too).
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,16 +22,13 @@ import time
 
 import pytest
 
+from zs_ray.runtime import free_port
+
 pytestmark = pytest.mark.integration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DETECT_BOUND_S = 90.0
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _overrides(world: str, out: str) -> list[str]:
@@ -69,7 +65,7 @@ def child(tmp: str) -> dict:
     res: dict = {}
     cluster = Cluster(initialize_head=True, head_node_args=dict(
         num_cpus=1, node_ip_address="127.0.0.1", temp_dir=os.path.join(tmp, "ray"), include_dashboard=False,
-        gcs_server_port=_free_port(), dashboard_agent_listen_port=_free_port()))
+        gcs_server_port=free_port(), dashboard_agent_listen_port=free_port()))
     tr = placement = None
     try:
         policy_node = cluster.add_node(num_cpus=2, resources={"policy_node": 1}, node_ip_address="127.0.0.1")

@@ -171,7 +171,7 @@ def test_colocated_reference_stays_frozen_while_the_policy_trains(groups, vocab)
 
 def test_masked_tokens_get_exactly_zero_gradient_in_the_loss(hf_ref, vocab):
     """The worker's own loss code path: d loss / d logits is exactly 0 wherever the target token is masked."""
-    from actors.policy_worker import _ALGO_DEFAULTS
+    from actors.policy_worker import ALGO_DEFAULTS
     from zs_ray.core.algorithms import actor_microbatch_loss
 
     b = make_batch(vocab, n=3, seed=3)
@@ -181,7 +181,7 @@ def test_masked_tokens_get_exactly_zero_gradient_in_the_loss(hf_ref, vocab):
     logits = hf_ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
     logits.retain_grad()
     loss, _ = actor_microbatch_loss(logits, b, int(b["loss_mask"].sum()),
-                                    {**_ALGO_DEFAULTS, **ALGO, "entropy_coef": 0.01})
+                                    {**ALGO_DEFAULTS, **ALGO, "entropy_coef": 0.01})
     loss.backward()
     row_grad = logits.grad.abs().sum(-1)  # [B, T]: logits at t-1 produce token t
     target_mask = torch.nn.functional.pad(b["loss_mask"][:, 1:], (0, 1))
@@ -192,12 +192,12 @@ def test_masked_tokens_get_exactly_zero_gradient_in_the_loss(hf_ref, vocab):
 
 def test_behaviour_correction_in_the_worker_loss(hf_ref, vocab):
     """algorithm.behaviour_correction: on-policy samples change nothing; stale ones are weighted, masked stay 0."""
-    from actors.policy_worker import _ALGO_DEFAULTS
+    from actors.policy_worker import ALGO_DEFAULTS
     from zs_ray.core.algorithms import actor_microbatch_loss, token_logprobs
 
     b = make_batch(vocab, n=3, seed=6)
     n = int(b["loss_mask"].sum())
-    algo = {**_ALGO_DEFAULTS, **ALGO}
+    algo = {**ALGO_DEFAULTS, **ALGO}
     with torch.no_grad():
         logits = hf_ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
     b["old_logprobs"] = token_logprobs(logits, b["input_ids"])
@@ -226,13 +226,13 @@ def test_behaviour_correction_in_the_worker_loss(hf_ref, vocab):
 def test_loss_without_old_logprobs_is_the_on_policy_loss(hf_ref, vocab):
     """The trainer sends no old_logprobs with one optimiser step per batch: the loss then equals, in value and
     gradient, the loss with old_logprobs = this model's own log-probs, and still reports the engine gap."""
-    from actors.policy_worker import _ALGO_DEFAULTS
+    from actors.policy_worker import ALGO_DEFAULTS
     from zs_ray.core.algorithms import actor_microbatch_loss, token_logprobs
 
     b = make_batch(vocab, n=3, seed=7)
     n = int(b["loss_mask"].sum())
     b["ref_logprobs"] = -torch.rand(b["input_ids"].shape, generator=torch.Generator().manual_seed(1)) * 5
-    algo = {**_ALGO_DEFAULTS, **ALGO}
+    algo = {**ALGO_DEFAULTS, **ALGO}
     grads, stats = [], []
     for with_old in (True, False):
         logits = hf_ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits

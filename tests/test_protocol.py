@@ -50,7 +50,6 @@ def test_tags_and_stop_strings():
               "<answer>", "</answer>"):
         assert t in P.TAGS
     assert P.STOP_STRINGS == ["</search>", "</answer>"]
-    assert P.FINAL_TURN_STOP_STRINGS == ["</answer>"]
 
 
 # ---------------------------------------------------------------- action parsing

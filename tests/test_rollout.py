@@ -71,7 +71,7 @@ class FailingSearch(SearchBackend):
 
 def run(engine, search, row=None, **cfg):
     rc = RolloutConfig(**{"max_turns": 2, **cfg})
-    return asyncio.run(run_trajectory(engine, search, row or make_row(0), sample_index=0, rollout_cfg=rc, topk=3,
+    return asyncio.run(run_trajectory(engine, search, row or make_row(0), sample_index=0, rollout_cfg=rc,
                                       step=0, seed=1))
 
 

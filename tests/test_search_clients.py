@@ -10,9 +10,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import free_port
 from test_simulator import K, _all, _FakeHandle, simulator_deployment  # noqa: F401  (module fixture)
 
+from zs_ray.runtime import free_port
 from zs_ray.search.base import SearchError
 from zs_ray.search.clients import HybridSearch, SimulatorSearch, make_search_backend
 from zs_ray.search.http_search import OpenAISimulatorSearch, RetrieverSearch

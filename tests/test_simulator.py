@@ -8,8 +8,9 @@ import asyncio
 import time
 
 import pytest
-from conftest import free_port
 from test_simulator_sft import K, trained_simulator
+
+from zs_ray.runtime import free_port
 
 APP = "zs_test_simulator"
 

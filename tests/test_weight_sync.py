@@ -174,9 +174,9 @@ def test_nccl_sync_lands_in_the_engine_and_tags_the_version(ray_session, tiny_as
     """Policy rank 0 broadcasts its FSDP-gathered weights into a rollout engine that started from other weights."""
     if engine == "vllm" and not _cuda_vllm():
         pytest.skip("the CUDA build of vLLM is not installed")
-    from actors.policy_worker import free_port
     from actors.rollout_worker import RolloutWorker
     from actors.worker_group import WorkerGroup
+    from zs_ray.runtime import free_port
     from zs_ray.world.tiny_models import make_tiny_model
 
     ray = ray_session

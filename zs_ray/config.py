@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -15,10 +14,12 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from zs_ray.paths import resolve_config
+from zs_ray.redaction import redacted
 from zs_ray.weight_sync.choose import MODES as WEIGHT_SYNC_MODES
 from zs_ray.weight_sync.choose import nccl_config_problem
 
 SEARCH_BACKENDS = ("simulate_prompt", "simulate_sft", "bm25", "http", "retriever", "hybrid")
+SIMULATED_BACKENDS = ("simulate_prompt", "simulate_sft", "hybrid")  # a simulator model writes (some) documents
 ALGORITHMS = ("grpo", "ppo", "reinforce")
 
 
@@ -26,7 +27,6 @@ ALGORITHMS = ("grpo", "ppo", "reinforce")
 class DataConfig:
     train_files: list[str] = field(default_factory=list)  # Search-R1 parquet or FlashRAG jsonl
     test_files: list[str] = field(default_factory=list)
-    max_prompt_tokens: int = 512
     shuffle: bool = True
 
 
@@ -114,7 +114,7 @@ class RolloutConfig:
     enforce_eager: bool = True
     seed: int = 0
     # How new weights reach the engines: object_store (Ray, CPU tensors) | nccl (broadcast from policy rank 0,
-    # whole GPUs) | auto (nccl when it can run, object_store otherwise). See zs_ray/weight_sync/nccl.py.
+    # whole GPUs) | auto (nccl when it can run, object_store otherwise). See zs_ray/weight_sync/.
     weight_sync: str = "auto"
 
 
@@ -354,7 +354,7 @@ def validate(cfg: DictConfig) -> None:
     _check(0.0 <= cfg.curriculum.end <= 1.0, "curriculum.end", "must be in [0, 1]")
     _check(cfg.curriculum.base > 0, "curriculum.base", "must be > 0")
     _check(cfg.curriculum.coin in ("call", "group"), "curriculum.coin", "must be 'call' or 'group'")
-    if cfg.search.backend in ("simulate_prompt", "simulate_sft", "hybrid"):
+    if cfg.search.backend in SIMULATED_BACKENDS:
         _check(bool(cfg.search.simulator_model) or bool(cfg.search.urls), "search.simulator_model",
                f"search.backend={cfg.search.backend} needs a simulator model (or search.urls of an external server)")
     if cfg.search.backend == "bm25" or (cfg.search.backend == "hybrid" and cfg.search.hybrid_fallback == "bm25"):
@@ -383,24 +383,6 @@ def validate(cfg: DictConfig) -> None:
 
 def to_dict(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
-
-
-SECRET_KEYS = ("api_key", "token", "password", "secret")
-# A whole `_`-separated part of the key must be a secret word: `hf_token` is secret, `max_tokens` is not.
-_SECRET_RE = re.compile(r"(^|_)(" + "|".join(SECRET_KEYS) + r")(_|$)")
-
-
-def redacted(cfg: DictConfig | dict) -> dict:
-    """A plain dict with secrets replaced by '***' (for logs and MLflow params)."""
-    d = to_dict(cfg) if isinstance(cfg, DictConfig) else cfg
-
-    def walk(x):
-        if isinstance(x, dict):
-            return {k: ("***" if _SECRET_RE.search(str(k).lower()) and v else walk(v)) for k, v in x.items()}
-        if isinstance(x, list):
-            return [walk(v) for v in x]
-        return x
-    return walk(d)
 
 
 def save_config(cfg: DictConfig, path: str) -> None:

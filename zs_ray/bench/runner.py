@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import statistics
 import time
 from typing import Optional
@@ -25,6 +24,7 @@ from typing import Optional
 from zs_ray.bench.assets import cpu_busy_s, cpu_by_process, measure_quickstart, prepare
 from zs_ray.bench.report import Row, log_mlflow, machine, markdown, paired, table, write_section
 from zs_ray.paths import default_config, project_root
+from zs_ray.runtime import free_port
 
 PRESETS = {
     "quick": dict(entities=60, policy_sft=100, sim_sft=60, prompts=8, reps=3, scale_reps=2, steps=3, stale_reps=2,
@@ -32,12 +32,6 @@ PRESETS = {
     "full": dict(entities=200, policy_sft=150, sim_sft=200, prompts=16, reps=5, scale_reps=3, steps=4, stale_reps=3,
                  seq_calls=32, quickstart="full", quickstart_timeout_s=1800, models_from_quickstart=True),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------ the Ray part
@@ -127,7 +121,7 @@ class Bench:
         def ours(rep):
             t = time.perf_counter()
             trajs = [x.to_dict() for x in asyncio.run(run_rollouts(
-                engine, search, self.rows, n, rollout_cfg=rc, topk=int(self.sim_cfg["topk"]), step=rep, seed=rep))]
+                engine, search, self.rows, n, rollout_cfg=rc, step=rep, seed=rep))]
             s = summarize(trajs, time.perf_counter() - t)
             self.last_trajs = trajs
             return s["sampled_tokens"] / s["wall_s"], s

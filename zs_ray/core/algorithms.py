@@ -197,7 +197,7 @@ def actor_microbatch_loss(logits: torch.Tensor, mb: dict, n_tokens: int, algo: d
     and the sum over micro-batches and ranks is the token-mean over the whole batch.
     `old_logprobs` (the proximal policy) defaults to the detached current log-probs (exactly on-policy: ratio
     1). With algo.behaviour_correction set, `rollout_logprobs` (the behaviour policy) weight each token.
-    `algo` is the worker's algorithm dict, with every key of actors.policy_worker._ALGO_DEFAULTS.
+    `algo` is the worker's algorithm dict, with every key of actors.policy_worker.ALGO_DEFAULTS.
     """
     logp = token_logprobs(logits, mb["input_ids"])
     ent = token_entropy(logits) if algo["entropy_coef"] else None

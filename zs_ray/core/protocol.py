@@ -14,7 +14,6 @@ TAGS = [f"<{t}>" for t in (THINK, SEARCH, INFORMATION, ANSWER)] + [
     f"</{t}>" for t in (THINK, SEARCH, INFORMATION, ANSWER)
 ]
 STOP_STRINGS = ["</search>", "</answer>"]
-FINAL_TURN_STOP_STRINGS = ["</answer>"]
 
 # Search-R1's `make_prefix` (template_type=base), the wording its released parquet carries.
 PROMPT_TEMPLATE = (

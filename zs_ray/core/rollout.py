@@ -122,7 +122,7 @@ async def _search(search: SearchBackend, query, question, golds, step, call_key)
                             latency_s=time.perf_counter() - t, meta={"error": repr(e)[:300]})
 
 
-async def run_trajectory(engine, search: SearchBackend, row: dict, *, sample_index: int, rollout_cfg, topk: int,
+async def run_trajectory(engine, search: SearchBackend, row: dict, *, sample_index: int, rollout_cfg,
                          step: int, greedy: bool = False, reward_kind: str = "f1", seed: Optional[int] = None,
                          max_query_chars: int = 512) -> Trajectory:
     cfg, tok = as_rollout_config(rollout_cfg), engine.tokenizer
@@ -131,7 +131,6 @@ async def run_trajectory(engine, search: SearchBackend, row: dict, *, sample_ind
                       data_source=str(row.get("data_source", "")), question=question, golden_answers=golds,
                       prompt_ids=encode_prompt(tok, row), policy_version=engine.version)
     temperature, top_p = (0.0, 1.0) if greedy else (cfg.temperature, cfg.top_p)
-    # `topk` is informational here: every backend is built with its own topk (search.topk).
     used = 0  # search or invalid turns so far
     while True:
         budget = cfg.max_context_tokens - len(traj.prompt_ids) - len(traj.response_ids)
@@ -189,7 +188,7 @@ def trajectory_seed(base_seed: int, step: int, prompt_id: str, sample_index: int
     return zlib.crc32(f"{base_seed}/{step}/{prompt_id}/{sample_index}".encode()) & 0x7FFFFFFF
 
 
-async def run_rollouts(engine, search: SearchBackend, rows: list[dict], n_samples: int, *, rollout_cfg, topk: int,
+async def run_rollouts(engine, search: SearchBackend, rows: list[dict], n_samples: int, *, rollout_cfg,
                        step: int, greedy: bool = False, reward_kind: str = "f1", seed: Optional[int] = 0,
                        max_query_chars: int = 512, concurrency: Optional[int] = None) -> list[Trajectory]:
     """All `n_samples` trajectories of every row concurrently (the engine batches them), in row order.
@@ -201,7 +200,7 @@ async def run_rollouts(engine, search: SearchBackend, rows: list[dict], n_sample
     async def one(row, i):
         async with sem:
             s = None if seed is None else trajectory_seed(seed, step, str(row.get("prompt_id", "")), i)
-            return await run_trajectory(engine, search, row, sample_index=i, rollout_cfg=rollout_cfg, topk=topk,
+            return await run_trajectory(engine, search, row, sample_index=i, rollout_cfg=rollout_cfg,
                                         step=step, greedy=greedy, reward_kind=reward_kind, seed=s,
                                         max_query_chars=max_query_chars)
     return list(await asyncio.gather(*[one(row, i) for row in rows for i in range(n_samples)]))

@@ -103,7 +103,7 @@ def _record(row: dict, mode: str, traj=None, tokenizer=None, calls=(), error: Op
 
 
 async def evaluate_rows(engine, search, rows: Sequence[dict], *, mode: str = "agent", rollout_cfg=None,
-                        topk: int = 5, seed: int = 0, max_query_chars: int = 512,
+                        seed: int = 0, max_query_chars: int = 512,
                         on_record: Optional[Callable[[dict], None]] = None,
                         concurrency: Optional[int] = None) -> list[dict]:
     """One record per row, in row order. Greedy; rows run concurrently (the engine batches them).
@@ -132,7 +132,7 @@ async def evaluate_rows(engine, search, rows: Sequence[dict], *, mode: str = "ag
                     run_row = baseline_row(row, "rag", res.docs)
                 elif mode == "direct":
                     run_row = baseline_row(row, "direct")
-                traj = await run_trajectory(engine, recorder, run_row, sample_index=0, rollout_cfg=rcfg, topk=topk,
+                traj = await run_trajectory(engine, recorder, run_row, sample_index=0, rollout_cfg=rcfg,
                                             step=0, greedy=True, seed=trajectory_seed(seed, 0, pid, 0),
                                             max_query_chars=max_query_chars)
                 calls = recorder.pop(pid) if recorder is not None else []
@@ -305,7 +305,7 @@ def run_evaluation(cfg, *, mode: str = "agent", max_rows: Optional[int] = None, 
     async def go():
         try:
             return await evaluate_rows(engine, search, rows, mode=mode, rollout_cfg=cfg.rollout,
-                                       topk=cfg.search.topk, seed=cfg.rollout.seed,
+                                       seed=cfg.rollout.seed,
                                        max_query_chars=cfg.search.max_query_chars, on_record=bar.update)
         finally:
             if own_search:

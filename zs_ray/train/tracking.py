@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from zs_ray.config import redacted
+from zs_ray.redaction import redacted
 
 log = logging.getLogger("zs_ray.train.tracking")
 

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from zs_ray.config import save_config, to_dict
+from zs_ray.config import SIMULATED_BACKENDS, save_config, to_dict
 from zs_ray.core.algorithms import (gae, group_spread, grpo_advantages, masked_whiten, ppo_token_rewards,
                                     reinforce_advantages, tied_groups)
 from zs_ray.core.batch import collate
@@ -22,6 +22,7 @@ from zs_ray.core.curriculum import noise_at
 from zs_ray.core.rollout import RolloutRequest
 from zs_ray.core.schedule import may_launch, may_train, prompts_for_step, split_groups
 from zs_ray.data.qa import load_dataset_files
+from zs_ray.preflight import serves_simulator
 from zs_ray.train import checkpoint as ckpt
 from zs_ray.train.step_metrics import StepTimes, samples_text, step_metrics
 from zs_ray.train.tracking import Tracker
@@ -113,7 +114,7 @@ class Trainer:
         s["seed"] = self.cfg.trainer.seed
         if s["backend"] == "bm25":
             s.update(self._bm25_cfg() or {})
-        if s["backend"] in ("simulate_prompt", "simulate_sft", "hybrid") and not s["urls"]:
+        if serves_simulator(self.cfg):
             from actors.simulator import deploy_simulator
 
             r = self.cfg.resources
@@ -304,7 +305,7 @@ class Trainer:
     # ---------------------------------------------------------------- bookkeeping
     def noise_p(self, step: int) -> float:
         """The noise probability the simulator clients use at `step` (0 for real-search backends)."""
-        if self.cfg.search.backend not in ("simulate_prompt", "simulate_sft", "hybrid", "http"):
+        if self.cfg.search.backend not in SIMULATED_BACKENDS + ("http",):
             return 0.0
         return noise_at(self.search_cfg["curriculum"], step)
 
