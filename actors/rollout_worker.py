@@ -64,9 +64,8 @@ class RolloutWorker:
     async def rollout(self, rows: list[dict], request: RolloutRequest) -> list[dict]:
         r = request
         search = self.eval_search if r.evaluation and self.eval_search is not None else self.search
-        trajs = await run_rollouts(self.engine, search, rows, r.n_samples, rollout_cfg=self.cfg,
-                                   step=r.step, greedy=r.greedy,
-                                   reward_kind=r.reward_kind, seed=self.seed,
+        trajs = await run_rollouts(self.engine, search, rows, r.n_samples, rollout_cfg=self.cfg, step=r.step,
+                                   greedy=r.greedy, reward_kind=r.reward_kind, seed=self.seed,
                                    max_query_chars=int(self.search_cfg.get("max_query_chars", 512)))
         return [t.to_dict() for t in trajs]
 

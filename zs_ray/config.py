@@ -20,6 +20,7 @@ from zs_ray.weight_sync.choose import nccl_config_problem
 
 SEARCH_BACKENDS = ("simulate_prompt", "simulate_sft", "bm25", "http", "retriever", "hybrid")
 SIMULATED_BACKENDS = ("simulate_prompt", "simulate_sft", "hybrid")  # a simulator model writes (some) documents
+SIMULATOR_BACKENDS = SIMULATED_BACKENDS + ("http",)  # ... or an external simulator server: the curriculum applies
 ALGORITHMS = ("grpo", "ppo", "reinforce")
 
 

@@ -23,6 +23,7 @@ import os
 import time
 from typing import Callable, Optional, Sequence
 
+from zs_ray.config import SIMULATOR_BACKENDS
 from zs_ray.core.protocol import normalize_question
 from zs_ray.core.reward import extract_answer, score_answer
 from zs_ray.data.qa import golds_of, question_of
@@ -169,7 +170,6 @@ def build_engine(cfg, model_path: Optional[str] = None):
 
 
 SEARCH_CHOICES = ("bm25", "retriever", "simulator")  # `zs-ray eval --search`; None: real retrieval
-SIMULATOR_BACKENDS = ("simulate_prompt", "simulate_sft", "http", "hybrid")
 
 
 @dataclasses.dataclass(frozen=True)

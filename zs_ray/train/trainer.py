@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from zs_ray.config import SIMULATED_BACKENDS, save_config, to_dict
+from zs_ray.config import SIMULATOR_BACKENDS, save_config, to_dict
 from zs_ray.core.algorithms import (gae, group_spread, grpo_advantages, masked_whiten, ppo_token_rewards,
                                     reinforce_advantages, tied_groups)
 from zs_ray.core.batch import collate
@@ -305,7 +305,7 @@ class Trainer:
     # ---------------------------------------------------------------- bookkeeping
     def noise_p(self, step: int) -> float:
         """The noise probability the simulator clients use at `step` (0 for real-search backends)."""
-        if self.cfg.search.backend not in SIMULATED_BACKENDS + ("http",):
+        if self.cfg.search.backend not in SIMULATOR_BACKENDS:
             return 0.0
         return noise_at(self.search_cfg["curriculum"], step)
 
