@@ -1,3 +1,5 @@
+import collections
+
 from zs_ray.core.schedule import may_launch, may_train, prompts_for_step
 
 
@@ -29,3 +31,35 @@ def test_staleness_rule():
     assert may_train(4, 5, 1) and not may_train(3, 5, 1)
     assert not may_train(6, 5, 3)  # a sample from the future is a bug, never trained on
     assert may_launch(3, 3, 0) and not may_launch(4, 3, 0) and may_launch(4, 3, 1)
+
+
+def test_trainer_next_step_launches_ahead_within_staleness_and_restarts_after_a_resume():
+    """Trainer.next_step's pipeline (pure bookkeeping: launching and training are recorded, not run)."""
+    from omegaconf import OmegaConf
+
+    from zs_ray.train.trainer import PendingRollout, Trainer
+
+    tr = Trainer.__new__(Trainer)  # no Ray: only the pipeline's state
+    tr.cfg = OmegaConf.create({"trainer": {"steps": 4, "staleness": 1}})
+    tr.step, tr.version, tr._inflight, tr._next_launch = 0, 0, collections.deque(), 0
+    launched, trained = [], []
+
+    def launch(gen_step):
+        launched.append((gen_step, tr.version))
+        return PendingRollout(gen_step, 0.0, [gen_step])
+
+    def train_step(trajs, t_gen):
+        trained.append(trajs)
+        tr.step, tr.version = tr.step + 1, tr.version + 1
+        return {}
+
+    tr.launch_rollouts, tr.collect_rollouts, tr.train_step = launch, lambda p: (p.jobs, 0.0), train_step
+    tr.next_step()
+    assert launched == [(0, 0), (1, 0)] and trained == [[0]]  # step 1 starts on version 0 (staleness 1)
+    tr.next_step()
+    assert launched[-1] == (2, 1) and trained == [[0], [1]]
+    tr.step = 1  # as after a resume from an earlier checkpoint: step 2's launched rollouts are for another position
+    tr.next_step(launch_until=3)
+    assert launched[-2:] == [(1, 2), (2, 2)] and trained[-1] == [1]  # relaunched; nothing beyond step 2
+    tr.next_step()
+    assert launched[-1] == (3, 3) and trained[-1] == [2]

@@ -204,8 +204,11 @@ class Trainer:
         """One training step with overlap: first launch every later step's rollouts that the staleness rule
         (trainer.staleness) allows, up to step `launch_until` (default trainer.steps), then train on this
         step's. Returns the step's metrics."""
-        until = self.cfg.trainer.steps if launch_until is None else launch_until
-        self._next_launch = max(self._next_launch, self.step)
+        until = max(self.cfg.trainer.steps if launch_until is None else launch_until, self.step + 1)
+        if self._inflight and self._inflight[0].step != self.step:  # launched for another position (a resume)
+            self._inflight.clear()
+        if not self._inflight:
+            self._next_launch = self.step
         while self._next_launch < until and may_launch(self._next_launch, self.version, self.cfg.trainer.staleness):
             self._inflight.append(self.launch_rollouts(self._next_launch))
             self._next_launch += 1
