@@ -1,6 +1,4 @@
-import collections
-
-from zs_ray.core.schedule import may_launch, may_train, prompts_for_step
+from zs_ray.core.schedule import LaunchQueue, may_launch, may_train, prompts_for_step
 
 
 def test_each_epoch_covers_every_row_once():
@@ -33,33 +31,24 @@ def test_staleness_rule():
     assert may_launch(3, 3, 0) and not may_launch(4, 3, 0) and may_launch(4, 3, 1)
 
 
-def test_trainer_next_step_launches_ahead_within_staleness_and_restarts_after_a_resume():
-    """Trainer.next_step's pipeline (pure bookkeeping: launching and training are recorded, not run)."""
-    from omegaconf import OmegaConf
 
-    from zs_ray.train.trainer import PendingRollout, Trainer
+def test_launch_queue_launches_ahead_within_staleness_and_relaunches_after_a_resume():
+    """The trainer's pipeline (Trainer.next_step): launches are recorded, nothing is generated."""
+    q, launched = LaunchQueue(), []
 
-    tr = Trainer.__new__(Trainer)  # no Ray: only the pipeline's state
-    tr.cfg = OmegaConf.create({"trainer": {"steps": 4, "staleness": 1}})
-    tr.step, tr.version, tr._inflight, tr._next_launch = 0, 0, collections.deque(), 0
-    launched, trained = [], []
+    def launch(step):
+        launched.append((step, version))
+        return f"rollouts of {step}"
 
-    def launch(gen_step):
-        launched.append((gen_step, tr.version))
-        return PendingRollout(gen_step, 0.0, [gen_step])
-
-    def train_step(trajs, t_gen):
-        trained.append(trajs)
-        tr.step, tr.version = tr.step + 1, tr.version + 1
-        return {}
-
-    tr.launch_rollouts, tr.collect_rollouts, tr.train_step = launch, lambda p: (p.jobs, 0.0), train_step
-    tr.next_step()
-    assert launched == [(0, 0), (1, 0)] and trained == [[0]]  # step 1 starts on version 0 (staleness 1)
-    tr.next_step()
-    assert launched[-1] == (2, 1) and trained == [[0], [1]]
-    tr.step = 1  # as after a resume from an earlier checkpoint: step 2's launched rollouts are for another position
-    tr.next_step(launch_until=3)
-    assert launched[-2:] == [(1, 2), (2, 2)] and trained[-1] == [1]  # relaunched; nothing beyond step 2
-    tr.next_step()
-    assert launched[-1] == (3, 3) and trained[-1] == [2]
+    version = 0
+    assert q.take(0, version, 1, 4, launch) == "rollouts of 0"
+    assert launched == [(0, 0), (1, 0)]  # step 1 generates on version 0 while step 0 trains (staleness 1)
+    version = 1
+    assert q.take(1, version, 1, 4, launch) == "rollouts of 1" and launched[-1] == (2, 1)
+    # the run resumes at step 1 (version 1): the launch of step 2 held is dropped and done again
+    assert q.take(1, version, 1, 3, launch) == "rollouts of 1"
+    assert launched[-2:] == [(1, 1), (2, 1)]  # and nothing at or beyond until=3
+    version = 2
+    assert q.take(2, version, 0, 4, launch) == "rollouts of 2" and launched[-1] == (2, 1)  # staleness 0: none ahead
+    version = 3
+    assert q.take(3, version, 0, 4, launch) == "rollouts of 3" and launched[-1] == (3, 3)

@@ -16,6 +16,8 @@ and so rollouts for a future step g may start while the policy has version v onl
 from __future__ import annotations
 
 import random
+from collections import deque
+from typing import Any, Callable
 
 
 def _permutation(n_rows: int, epoch: int, seed: int, shuffle: bool) -> list[int]:
@@ -63,6 +65,30 @@ def may_train(sample_version: int, step: int, staleness: int) -> bool:
 
 def may_launch(gen_step: int, policy_version: int, staleness: int) -> bool:
     return gen_step - policy_version <= staleness
+
+
+class LaunchQueue:
+    """The rollouts launched ahead of training: with trainer.staleness = k, step s + k may start generating while
+    step s trains. Launches are kept in step order with whatever `launch(step)` returned for them."""
+
+    def __init__(self):
+        self.pending: deque = deque()  # (step, what launch returned)
+        self.next_launch = 0
+
+    def clear(self) -> None:
+        self.pending.clear()
+
+    def take(self, step: int, version: int, staleness: int, until: int, launch: Callable[[int], Any]) -> Any:
+        """Launch every step below `until` that the staleness rule allows now, then hand over step `step`'s
+        launch. Launches made for another position (the run resumed elsewhere) are dropped and redone."""
+        if self.pending and self.pending[0][0] != step:
+            self.pending.clear()
+        if not self.pending:
+            self.next_launch = step
+        while self.next_launch < max(until, step + 1) and may_launch(self.next_launch, version, staleness):
+            self.pending.append((self.next_launch, launch(self.next_launch)))
+            self.next_launch += 1
+        return self.pending.popleft()[1]
 
 
 def split_groups(rows: list, n_workers: int) -> list[list]:

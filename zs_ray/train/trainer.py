@@ -20,7 +20,7 @@ from zs_ray.core.algorithms import (gae, group_spread, grpo_advantages, masked_w
 from zs_ray.core.batch import collate
 from zs_ray.core.curriculum import noise_at
 from zs_ray.core.rollout import RolloutRequest
-from zs_ray.core.schedule import may_launch, may_train, prompts_for_step, split_groups
+from zs_ray.core.schedule import LaunchQueue, may_train, prompts_for_step, split_groups
 from zs_ray.data.qa import load_dataset_files
 from zs_ray.preflight import serves_simulator
 from zs_ray.train import checkpoint as ckpt
@@ -90,8 +90,7 @@ class Trainer:
         log.info("weight sync: %s", self.weight_sync)
         self.tokenizer = _tokenizer(m.policy_path)
         self.step, self.version, self.consumed = 0, 0, []
-        self._inflight: collections.deque[PendingRollout] = collections.deque()  # launched, not yet trained on
-        self._next_launch = 0  # the next step whose rollouts are launched
+        self.launched = LaunchQueue()  # rollouts launched for the coming steps, not yet trained on
         self.resume()
 
     # ---------------------------------------------------------------- set-up helpers
@@ -127,7 +126,7 @@ class Trainer:
     def resume(self) -> None:
         """Continue from the checkpoint trainer.resume names (auto: the latest; never: none): weights, step,
         policy version and consumed prompts; the rollout workers then get those weights."""
-        self._inflight.clear()  # rollouts launched before were for the old position
+        self.launched.clear()  # what was launched before was for the old position
         mode = self.cfg.trainer.resume
         path = ckpt.latest(self.ckpt_root) if mode == "auto" else (None if mode == "never" else mode)
         if not path:
@@ -176,7 +175,7 @@ class Trainer:
 
         cfg, last = self.cfg, {}
         t0, start_step = time.perf_counter(), self.step
-        self._inflight.clear()  # an earlier call's launched rollouts (it failed mid-step) are not reused
+        self.launched.clear()  # an earlier call's launched rollouts (it failed mid-step) are not reused
         if self.eval_rows and self.step == 0:  # the starting point of the held-out curve
             self.tracker.log_metrics(self.evaluate(), step=0)
         try:
@@ -204,16 +203,8 @@ class Trainer:
         """One training step with overlap: first launch every later step's rollouts that the staleness rule
         (trainer.staleness) allows, up to step `launch_until` (default trainer.steps), then train on this
         step's. Returns the step's metrics."""
-        until = max(self.cfg.trainer.steps if launch_until is None else launch_until, self.step + 1)
-        if self._inflight and self._inflight[0].step != self.step:  # launched for another position (a resume)
-            self._inflight.clear()
-        if not self._inflight:
-            self._next_launch = self.step
-        while self._next_launch < until and may_launch(self._next_launch, self.version, self.cfg.trainer.staleness):
-            self._inflight.append(self.launch_rollouts(self._next_launch))
-            self._next_launch += 1
-        pending = self._inflight.popleft()
-        assert pending.step == self.step, (pending.step, self.step)
+        until = self.cfg.trainer.steps if launch_until is None else launch_until
+        pending = self.launched.take(self.step, self.version, self.cfg.trainer.staleness, until, self.launch_rollouts)
         return self.train_step(*self.collect_rollouts(pending))
 
     def train_step(self, trajs: list[dict], t_gen: float) -> dict:
