@@ -24,20 +24,20 @@ DEMO_NOISY_DOCS = (
     "Doc 2: Many European countries moved their capitals over the centuries for political reasons."
 )
 
-_PROMPT_USEFUL = (
+PROMPT_USEFUL = (
     "You are a search engine. Given a query, write {k} useful documents for it, one per line, "
     "each starting with 'Doc i:' and about 30 words long. The user is trying to answer the question "
     "\"{question}\" and the correct answer is \"{answer}\"; the documents should contain the information "
     "needed to answer it.\n\nExample\nQuery: {demo_query}\nUseful Output:\n{demo_docs}\n\n"
     "Query: {query}\nUseful Output:\n"
 )
-_PROMPT_NOISY = (
+PROMPT_NOISY = (
     "You are a search engine. Given a query, write {k} documents that are related to the query but "
     "do not contain useful information to answer it, one per line, each starting with 'Doc i:' and "
     "about 30 words long.\n\nExample\nQuery: {demo_query}\nNoisy Output:\n{demo_docs}\n\n"
     "Query: {query}\nNoisy Output:\n"
 )
-_SFT = "Generate {k} documents for the query. Question: {question} Answer: {answer} Query: {query}\n{cue}\n"
+SFT_PROMPT = "Generate {k} documents for the query. Question: {question} Answer: {answer} Query: {query}\n{cue}\n"
 
 USEFUL_CUE, NOISY_CUE = "Useful Output:", "Noisy Output:"
 
@@ -49,12 +49,12 @@ def simulator_prompt(mode: str, query: str, question: str, answer: str, noisy: b
         if demo_docs is None:
             demo_docs = DEMO_NOISY_DOCS if noisy else DEMO_DOCS
         if noisy:  # the noisy prompt never sees the question or answer
-            return _PROMPT_NOISY.format(k=k, query=query, demo_query=demo_query, demo_docs=demo_docs)
-        return _PROMPT_USEFUL.format(k=k, query=query, question=question, answer=answer,
+            return PROMPT_NOISY.format(k=k, query=query, demo_query=demo_query, demo_docs=demo_docs)
+        return PROMPT_USEFUL.format(k=k, query=query, question=question, answer=answer,
                                      demo_query=demo_query, demo_docs=demo_docs)
     if mode == "simulate_sft":
         cue = NOISY_CUE if noisy else USEFUL_CUE
-        return _SFT.format(k=k, question=question, answer=answer, query=query, cue=cue)
+        return SFT_PROMPT.format(k=k, question=question, answer=answer, query=query, cue=cue)
     raise ValueError(f"search.backend: unknown simulator mode {mode!r}; expected one of {MODES}")
 
 

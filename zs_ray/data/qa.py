@@ -159,7 +159,7 @@ def _check_flashrag(row: Any) -> list[tuple[str, str]]:
     return p
 
 
-class _Problems:
+class Problems:
     """Collects (file, row, field, problem); raises one DataError listing them all."""
 
     def __init__(self, path: str):
@@ -190,7 +190,7 @@ def _read_parquet(path: str) -> list[dict]:
         raise DataError(f"{path}: unreadable parquet: {e}") from e
 
 
-def _read_jsonl(path: str) -> list[Any]:
+def read_jsonl(path: str) -> list[Any]:
     rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f):
@@ -229,7 +229,7 @@ def _prompt_key(row: dict, i: int) -> tuple[str, Any]:
     return "<position>", i
 
 
-def _assign_prompt_ids(rows: list[dict], split: str, problems: _Problems) -> None:
+def _assign_prompt_ids(rows: list[dict], split: str, problems: Problems) -> None:
     """prompt_id = "{data_source}/{split}/{id or index}"; a collision within the file is an error."""
     seen: dict[str, int] = {}
     for i, row in enumerate(rows):
@@ -258,14 +258,14 @@ def load_rows(path: str, data_source: Optional[str] = None, split: Optional[str]
     guessed_source, guessed_split = names_from_path(path)
     split = split or guessed_split or "test"
     ext = os.path.splitext(path)[1].lower()
-    problems = _Problems(path)
+    problems = Problems(path)
     if ext == ".parquet":
         rows = _read_parquet(path)
         for i, row in enumerate(rows):
             for field, msg in _check_searchr1(row):
                 problems.add(i, field, msg)
     elif ext == ".jsonl":
-        raw = _read_jsonl(path)
+        raw = read_jsonl(path)
         rows = []
         for i, row in enumerate(raw):
             bad = _check_flashrag(row)
@@ -313,7 +313,7 @@ def load_dataset_files(paths: Sequence[str] | str, split: Optional[str] = None,
 def write_searchr1_parquet(rows: Iterable[dict], path: str) -> None:
     """Write rows as a Search-R1/ZeroSearch parquet (Search-R1 column order, `prompt_id` kept)."""
     rows = list(rows)
-    problems = _Problems(str(path))
+    problems = Problems(str(path))
     for i, row in enumerate(rows):
         for field, msg in _check_searchr1(row):
             problems.add(i, field, msg)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from zs_ray.core.reward import normalize_answer
-from zs_ray.data.qa import (DataError, _Problems, _read_jsonl, flashrag_to_searchr1, golds_of, load_rows, question_of,
+from zs_ray.data.qa import (DataError, Problems, flashrag_to_searchr1, golds_of, load_rows, question_of, read_jsonl,
                             write_searchr1_parquet)
 from zs_ray.paths import project_root
 
@@ -137,8 +137,8 @@ def _read_json_list(path: str) -> list:
 
 def _read_answer_rows(path: str, source: str, kind: str) -> list[Question]:
     """HotpotQA rows {id, question, answer} (jsonl) or qa pairs [{question, answer}] (json list)."""
-    raw = _read_jsonl(path) if kind == "hotpotqa" else _read_json_list(path)
-    problems, out = _Problems(path), []
+    raw = read_jsonl(path) if kind == "hotpotqa" else _read_json_list(path)
+    problems, out = Problems(path), []
     for i, row in enumerate(raw):
         if not isinstance(row, dict):
             problems.add(i, "<row>", f"must be a JSON object, got {type(row).__name__}")
@@ -181,8 +181,8 @@ def read_questions(path: str, source: str, kind: str) -> list[Question]:
 
 def read_passages(path: str, source: str) -> list[dict]:
     """{id, contents} rows of one passage file; ids get a `<source>_` prefix unless they have one."""
-    problems, out = _Problems(path), []
-    for i, row in enumerate(_read_jsonl(path)):
+    problems, out = Problems(path), []
+    for i, row in enumerate(read_jsonl(path)):
         if not isinstance(row, dict):
             problems.add(i, "<row>", f"must be a JSON object, got {type(row).__name__}")
             continue

@@ -10,7 +10,7 @@ from typing import Mapping, Optional
 
 from zs_ray.core.protocol import make_prompt
 from zs_ray.world.world import (ABILITY, NAME_SYLLABLES, SOURCE_1HOP, SOURCE_2HOP, VALUE_SYLLABLES, WORDS, Question,
-                                World, WorldParams, _write_jsonl, make_world)
+                                World, WorldParams, make_world, write_rows_jsonl)
 
 # ---------------------------------------------------------------------------------------------
 # Files
@@ -76,13 +76,13 @@ def build_world(out_dir=None, **kwargs) -> dict[str, str]:
     world = make_world(p)
     paths = world_file_paths(out_dir)
 
-    _write_jsonl(paths["corpus"], world.passages)
+    write_rows_jsonl(paths["corpus"], world.passages)
     write_parquet(paths["train"], world.split("train"))
     write_parquet(paths["test"], world.split("test"))
-    _write_jsonl(paths["questions"], (dataclasses.asdict(q) for q in world.questions))
-    _write_jsonl(paths["entities"], (dataclasses.asdict(e) for e in world.entities))
+    write_rows_jsonl(paths["questions"], (dataclasses.asdict(q) for q in world.questions))
+    write_rows_jsonl(paths["entities"], (dataclasses.asdict(e) for e in world.entities))
     demos = warmstart_demos(world, "train", with_segments=True)
-    _write_jsonl(paths["warmstart"], ({
+    write_rows_jsonl(paths["warmstart"], ({
         "id": q.id, "question": q.question, "golden_answers": q.answers, "data_source": q.data_source,
         "prompt": prompt, "response": "".join(t for t, _ in segs), "n_searches": len(q.hops)}
         for q, prompt, segs in demos))

@@ -21,8 +21,8 @@ import tempfile
 from typing import Iterator, Optional
 
 from zs_ray.core.protocol import make_prompt, observation_text, render_documents
-from zs_ray.world.world import (_NAME_SET, NAME_VALUED, Question, World, WorldParams, _write_jsonl, doc_text,
-                                fact_sentence, make_world, search_query)
+from zs_ray.world.world import (NAME_SET, NAME_VALUED, Question, World, WorldParams, doc_text, fact_sentence,
+                                make_world, search_query, write_rows_jsonl)
 
 
 def demonstration_turns(q: Question, docs_per_hop: list[list[str]]) -> list[tuple[str, bool]]:
@@ -56,7 +56,7 @@ def _retrieve_bm25(world: World, queries: list[str], topk: int) -> list[list[tup
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "corpus.jsonl")
-        _write_jsonl(path, world.passages)
+        write_rows_jsonl(path, world.passages)
         index = BM25Index.build(path)
     return [[(h.id, h.text) for h in hits] for hits in index.search_with_ids(queries, topk)]
 
@@ -97,7 +97,7 @@ def _syllable_index(world: World) -> dict[str, list[dict]]:
     """Name syllable -> passages whose text contains it (for look-alike documents)."""
     index: dict[str, list[dict]] = {}
     for p in world.passages:
-        for s in sorted(set(p["contents"].split()) & _NAME_SET):
+        for s in sorted(set(p["contents"].split()) & NAME_SET):
             index.setdefault(s, []).append(p)
     return index
 

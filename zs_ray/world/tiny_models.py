@@ -40,8 +40,8 @@ def protocol_texts() -> list[str]:
     """Texts every zs-ray tokenizer must encode compactly: the prompts and environment strings."""
     from zs_ray.core import simulator_prompts as sp
 
-    return [PROMPT_TEMPLATE, INVALID_FEEDBACK, NO_MORE_SEARCH_FEEDBACK, sp._PROMPT_USEFUL, sp._PROMPT_NOISY,
-            sp._SFT, sp.DEMO_DOCS, "Doc 1: Doc 2: Doc 3: Doc 4: Doc 5: Useful Output: Noisy Output:"]
+    return [PROMPT_TEMPLATE, INVALID_FEEDBACK, NO_MORE_SEARCH_FEEDBACK, sp.PROMPT_USEFUL, sp.PROMPT_NOISY,
+            sp.SFT_PROMPT, sp.DEMO_DOCS, "Doc 1: Doc 2: Doc 3: Doc 4: Doc 5: Useful Output: Noisy Output:"]
 
 
 def train_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 2000):

@@ -60,7 +60,7 @@ def _value_syllables(n: int = 50) -> list[str]:
 
 NAME_SYLLABLES = _name_syllables()
 VALUE_SYLLABLES = _value_syllables()
-_NAME_SET = set(NAME_SYLLABLES)
+NAME_SET = set(NAME_SYLLABLES)
 WORDS = NAME_SYLLABLES + VALUE_SYLLABLES + list("0123456789")  # every one a single token (token_stats)
 
 PLACE, PERSON = "place", "person"
@@ -284,7 +284,7 @@ def search_query(name: str, attr: str) -> str:
     return f"{name} {attr}"
 
 
-def _write_jsonl(path: str, rows) -> None:
+def write_rows_jsonl(path: str, rows) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False, sort_keys=False) + "\n")
