@@ -9,7 +9,6 @@ Losses come from zs_ray.core.algorithms; batch tensors follow zs_ray.core.batch'
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import random
@@ -21,9 +20,8 @@ from typing import Any, Optional
 import ray
 import torch
 import torch.distributed as dist
-from omegaconf import MISSING
 
-from zs_ray.config import AlgorithmConfig, ModelConfig
+from zs_ray.config import AlgorithmConfig, ModelConfig, section_defaults
 from zs_ray.core.algorithms import actor_microbatch_loss, lr_factor, token_entropy, token_logprobs, value_loss
 from zs_ray.core.batch import from_column, micro_batches, pad_columns, response_window, trim_padding
 from zs_ray.core.layers import decoder_layers, freeze_lower_layers
@@ -31,16 +29,9 @@ from zs_ray.runtime import free_port
 from zs_ray.weight_sync.nccl import NcclGroup, broadcast_state, pack_meta
 
 ROLES = ("actor", "ref", "critic")
-
-
-def _schema_defaults(section) -> dict:
-    """A config section's defaults, from the schema (zs_ray/config.py), less its required keys."""
-    return {k: v for k, v in dataclasses.asdict(section()).items() if v != MISSING}
-
-
 # What a caller leaves out of its algorithm / model dict. total_steps (the lr schedule's) is trainer.steps.
-ALGO_DEFAULTS = {**_schema_defaults(AlgorithmConfig), "total_steps": 0}
-MODEL_DEFAULTS = _schema_defaults(ModelConfig)
+ALGO_DEFAULTS = {**section_defaults(AlgorithmConfig), "total_steps": 0}
+MODEL_DEFAULTS = section_defaults(ModelConfig)
 
 
 class Critic(torch.nn.Module):

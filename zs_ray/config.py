@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -384,6 +384,12 @@ def validate(cfg: DictConfig) -> None:
 
 def to_dict(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def section_defaults(section: type) -> dict:
+    """A section's defaults as a plain dict (e.g. SearchConfig), less its required keys: for code handed a
+    partial section."""
+    return {k: v for k, v in asdict(section()).items() if v != MISSING}
 
 
 def save_config(cfg: DictConfig, path: str) -> None:

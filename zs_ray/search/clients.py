@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Optional
 
+from zs_ray.config import SearchConfig, section_defaults
 from zs_ray.core.search import BM25Search, SearchBackend
 from zs_ray.search.base import SimulatorBase
 from zs_ray.search.http_search import OpenAISimulatorSearch, RetrieverSearch
@@ -122,42 +123,44 @@ def make_search_backend(search_cfg: dict, curriculum_cfg: Optional[dict] = None,
                         handle=None) -> SearchBackend:
     """One backend from the `search` config section. simulate_*: the Serve app `search.app_name`
     (default "simulator"; or `handle`) when search.urls is empty, else the external OpenAI servers.
-    curriculum_cfg None: no noise (p=0). `http` uses `search.simulator_mode` (default simulate_prompt)."""
-    s = dict(search_cfg)
-    backend, topk = s.get("backend", "simulate_sft"), int(s.get("topk", 5))
-    common = dict(topk=topk, curriculum=curriculum_cfg, seed=seed, timeout_s=float(s.get("timeout_s", 60.0)),
-                  max_retries=int(s.get("max_retries", 3)), backoff_s=float(s.get("backoff_s", 0.5)),
-                  on_failure=s.get("on_failure", "no_information"), max_query_chars=int(s.get("max_query_chars", 512)))
-    share = bool(s.get("share_identical", True))  # SearchConfig's default
+    curriculum_cfg None: no noise (p=0). Keys `search_cfg` leaves out take SearchConfig's defaults, except that
+    `http` without a search.simulator_mode uses simulate_prompt (an external server has no fine-tuned simulator)."""
+    http_mode = search_cfg.get("simulator_mode", "simulate_prompt")
+    s = {**section_defaults(SearchConfig), **search_cfg}
+    backend, topk = s["backend"], int(s["topk"])
+    common = dict(topk=topk, curriculum=curriculum_cfg, seed=seed, timeout_s=float(s["timeout_s"]),
+                  max_retries=int(s["max_retries"]), backoff_s=float(s["backoff_s"]), on_failure=s["on_failure"],
+                  max_query_chars=int(s["max_query_chars"]))
+    share = bool(s["share_identical"])
 
     def simulator(mode: str) -> SearchBackend:
-        if s.get("urls"):
-            return OpenAISimulatorSearch(s["urls"], s.get("model_name"), mode=mode, temperature=s.get("temperature", 0.8),
-                                         top_p=s.get("top_p", 1.0), max_tokens=s.get("max_tokens", 600),
-                                         api_key=s.get("api_key"), share_identical=share, **common)
-        return SimulatorSearch(handle if handle is not None else s.get("app_name", "simulator"), mode=mode,
-                               share_identical=share, **common)
+        if s["urls"]:
+            return OpenAISimulatorSearch(s["urls"], s["model_name"], mode=mode, temperature=s["temperature"],
+                                         top_p=s["top_p"], max_tokens=s["max_tokens"], api_key=s["api_key"],
+                                         share_identical=share, **common)
+        return SimulatorSearch(handle if handle is not None else s["app_name"], mode=mode, share_identical=share,
+                               **common)
 
     if backend in ("simulate_prompt", "simulate_sft"):
         return simulator(backend)
     if backend == "http":
-        if not s.get("urls"):
+        if not s["urls"]:
             raise ValueError("search.backend=http needs search.urls")
-        return simulator(s.get("simulator_mode", "simulate_prompt"))
+        return simulator(http_mode)
     if backend == "bm25":
         return _bm25(s, bm25_index, topk)
     if backend == "retriever":
-        return RetrieverSearch(s.get("urls") or [], topk, timeout_s=common["timeout_s"], max_retries=common["max_retries"],
+        return RetrieverSearch(s["urls"] or [], topk, timeout_s=common["timeout_s"], max_retries=common["max_retries"],
                                backoff_s=common["backoff_s"], on_failure=common["on_failure"])
     if backend == "hybrid":
-        sim = simulator(s.get("simulator_mode", "simulate_sft"))
-        fb = s.get("hybrid_fallback", "bm25")
+        sim = simulator(s["simulator_mode"])
+        fb = s["hybrid_fallback"]
         if fb == "bm25":
             real = _bm25(s, bm25_index, topk)
         elif fb == "retriever":
-            real = RetrieverSearch(s.get("retriever_urls") or [], topk, timeout_s=common["timeout_s"],
+            real = RetrieverSearch(s["retriever_urls"] or [], topk, timeout_s=common["timeout_s"],
                                    max_retries=common["max_retries"], backoff_s=common["backoff_s"])
         else:
             raise ValueError(f"search.hybrid_fallback must be bm25 or retriever, got {fb!r}")
-        return HybridSearch(sim, real, float(s.get("hybrid_threshold", -2.5)))
+        return HybridSearch(sim, real, float(s["hybrid_threshold"]))
     raise ValueError(f"unknown search.backend {backend!r}")
