@@ -1,4 +1,4 @@
-"""zs_ray.engines.engine.engine_kwargs: every engine of one config gets its settings from one function (pure unit tests),
+"""engines.engine.engine_kwargs: every engine of one config gets its settings from one function (pure unit tests),
 and a real rollout worker's engine gets the model section's dtype and trust_remote_code (integration)."""
 import json
 import os

@@ -230,7 +230,8 @@ def test_actor_multi_turn_rollouts(worker, ray_session, policy_model, tokenizer)
         for lp, r, m in zip(tr.rollout_logprobs, ref, tr.loss_mask):
             assert (abs(lp - r) < 1e-3) if m else lp == 0.0
     # reproducible: the same seed gives the same trajectories
-    again = [Trajectory.from_dict(d) for d in ray_session.get(worker.rollout.remote(rows[:1], TWO_AT_STEP_0), timeout=300)]
+    again = [Trajectory.from_dict(d)
+             for d in ray_session.get(worker.rollout.remote(rows[:1], TWO_AT_STEP_0), timeout=300)]
     assert [t.response_ids for t in again] == [t.response_ids for t in trajs[:2]]
 
 

@@ -14,7 +14,8 @@ _CHECKOUT = os.path.dirname(PACKAGE_DIR)
 
 def is_checkout() -> bool:
     """True when zs_ray runs from a source tree (an editable install or PYTHONPATH), not from site-packages."""
-    return os.path.isfile(os.path.join(_CHECKOUT, "pyproject.toml")) and os.path.isdir(os.path.join(_CHECKOUT, "configs"))
+    root = _CHECKOUT
+    return os.path.isfile(os.path.join(root, "pyproject.toml")) and os.path.isdir(os.path.join(root, "configs"))
 
 
 def project_root() -> str:
