@@ -6,7 +6,7 @@
   answer text is the completion (the full trajectory is under `zs_ray`).
 - `GET /healthz`, `GET /v1/models`.
 
-Each request is one `zs_ray.rollout.run_trajectory` coroutine (greedy) on the replica's event loop;
+Each request is one `zs_ray.core.rollout.run_trajectory` coroutine (greedy) on the replica's event loop;
 the engine batches whatever is in flight (vLLM continuous batching, or the HF engine's step
 batches), so concurrent questions share forward passes. `max_ongoing_requests` is set high so
 Serve lets them all into the replica instead of queueing them one by one.
@@ -34,9 +34,9 @@ class AgentServer:
 
         apply_local_env()
         set_threads(int(cfg.get("resources", {}).get("threads_per_actor", 1)))
-        from zs_ray.evaluation import RecordingSearch, build_engine
-        from zs_ray.rollout import as_rollout_config
-        from zs_ray.search_clients import make_search_backend
+        from zs_ray.core.rollout import as_rollout_config
+        from zs_ray.eval.evaluation import RecordingSearch, build_engine
+        from zs_ray.search.clients import make_search_backend
 
         self.cfg = OmegaConf.create(cfg)
         self.model_name = str(self.cfg.model.policy_path)
@@ -44,14 +44,13 @@ class AgentServer:
         # No curriculum: a served agent never asks a simulator for noisy documents.
         self.search = RecordingSearch(make_search_backend(cfg["search"], None, seed=int(cfg["trainer"]["seed"])))
         self.rollout_cfg = as_rollout_config(cfg["rollout"])
-        self.topk = int(cfg["search"]["topk"])
         self.max_query_chars = int(cfg["search"].get("max_query_chars", 512))
         self.served = self.inflight = self.max_inflight = 0  # max_inflight > 1 shows questions were batched
 
     async def answer(self, question: str) -> dict:
         """Run the agent on one question (also callable by deployment handle)."""
-        from zs_ray.protocol import normalize_question
-        from zs_ray.rollout import run_trajectory
+        from zs_ray.core.protocol import normalize_question
+        from zs_ray.core.rollout import run_trajectory
 
         if not isinstance(question, str) or not question.strip():
             raise ValueError("'question' must be a non-empty string")
@@ -63,7 +62,7 @@ class AgentServer:
         self.max_inflight = max(self.max_inflight, self.inflight)
         try:
             traj = await run_trajectory(self.engine, self.search, row, sample_index=0, rollout_cfg=self.rollout_cfg,
-                                        topk=self.topk, step=0, greedy=True, seed=0,
+                                        step=0, greedy=True, seed=0,
                                         max_query_chars=self.max_query_chars)
         finally:
             self.inflight -= 1

@@ -5,7 +5,7 @@ on CPU, nccl on GPU) and shard the model with FSDP2 (`fully_shard`: each decoder
 root). FSDP1 is not used: on CPU it needs an accelerator or segfaults gathering state dicts.
 
 The driver-side handle, `WorkerGroup`, is in actors/worker_group.py.
-Losses come from zs_ray.algorithms; batch tensors follow zs_ray.batch's alignment convention.
+Losses come from zs_ray.core.algorithms; batch tensors follow zs_ray.core.batch's alignment convention.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import time
 from collections import defaultdict
 from typing import Any, Optional
@@ -22,19 +21,17 @@ import ray
 import torch
 import torch.distributed as dist
 
-from zs_ray.algorithms import actor_microbatch_loss, lr_factor, token_entropy, token_logprobs, value_loss
-from zs_ray.batch import from_column, micro_batches, pad_columns, response_window, trim_padding
-from zs_ray.layers import decoder_layers, freeze_lower_layers
-from zs_ray.runtime import LOOPBACK
-from zs_ray.weight_sync import NcclGroup, broadcast_state, pack_meta
+from zs_ray.config import AlgorithmConfig, ModelConfig, section_defaults
+from zs_ray.core.algorithms import actor_microbatch_loss, lr_factor, token_entropy, token_logprobs, value_loss
+from zs_ray.core.batch import from_column, micro_batches, pad_columns, response_window, trim_padding
+from zs_ray.core.layers import decoder_layers, freeze_lower_layers
+from zs_ray.runtime import free_port
+from zs_ray.weight_sync.nccl import NcclGroup, broadcast_state, pack_meta
 
 ROLES = ("actor", "ref", "critic")
-_ALGO_DEFAULTS = dict(clip=0.2, kl_estimator="k3", kl_coef=0.001, entropy_coef=0.001, lr=1e-6,
-                      weight_decay=0.01, warmup_steps=0, lr_schedule="constant", min_lr_ratio=0.1, total_steps=0,
-                      grad_clip=1.0, micro_batch_size=8, epochs=1, critic_lr=1e-5, value_clip=0.5,
-                      behaviour_correction="none", behaviour_weight_cap=2.0)
-_MODEL_DEFAULTS = dict(dtype="float32", attn_implementation="sdpa", trust_remote_code=False,
-                       gradient_checkpointing=False, trainable_layers=None)
+# What a caller leaves out of its algorithm / model dict. total_steps (the lr schedule's) is trainer.steps.
+ALGO_DEFAULTS = {**section_defaults(AlgorithmConfig), "total_steps": 0}
+MODEL_DEFAULTS = section_defaults(ModelConfig)
 
 
 class Critic(torch.nn.Module):
@@ -55,7 +52,7 @@ class Critic(torch.nn.Module):
         return torch.nn.functional.pad(v, (1, 0))
 
 
-def _plain(x: Any) -> Any:
+def _as_float(x: Any) -> Any:
     return float(x.full_tensor() if hasattr(x, "full_tensor") else x) if torch.is_tensor(x) else x
 
 
@@ -71,8 +68,8 @@ class PolicyWorker:
         self.master = f"tcp://{master_addr}:{int(master_port)}"
         self.model_path = model_path
         self.ref_path = ref_path if role == "actor" else None  # a frozen reference in this process (colocated)
-        self.algo = {**_ALGO_DEFAULTS, **{k: v for k, v in (algo_cfg or {}).items() if v is not None}}
-        self.mcfg = {**_MODEL_DEFAULTS, **{k: v for k, v in (model_cfg or {}).items() if v is not None}}
+        self.algo = {**ALGO_DEFAULTS, **{k: v for k, v in (algo_cfg or {}).items() if v is not None}}
+        self.mcfg = {**MODEL_DEFAULTS, **{k: v for k, v in (model_cfg or {}).items() if v is not None}}
         self.seed, self.steps = seed, 0
         self.model = self.ref_model = self.optimizer = self.scheduler = self._sync_group = None
         torch.set_num_threads(max(1, int(threads)))
@@ -138,7 +135,7 @@ class PolicyWorker:
 
     def _lm(self, mb, model=None):
         """(logits from column `start` on, the micro-batch cut to those columns, start): the whole sequence is
-        attended to, but the output layer skips the prompt-only columns (zs_ray.batch.response_window)."""
+        attended to, but the output layer skips the prompt-only columns (zs_ray.core.batch.response_window)."""
         start = response_window(mb)
         keep = int(mb["input_ids"].shape[1]) - start
         out = (model or self.model)(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], logits_to_keep=keep)
@@ -210,7 +207,7 @@ class PolicyWorker:
                     sums[k] += float(v) / epochs
             grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
                                                        self.algo["grad_clip"])
-            sums["grad_norm"] += _plain(grad_norm) / epochs  # already global (same on every rank)
+            sums["grad_norm"] += _as_float(grad_norm) / epochs  # already global (same on every rank)
             sums["lr"] += self.optimizer.param_groups[0]["lr"] / epochs
             self.optimizer.step()
             self.scheduler.step()
@@ -294,8 +291,8 @@ class PolicyWorker:
 
     def load_checkpoint(self, ckpt_dir: str) -> dict:
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict,
-                                                             set_model_state_dict, set_state_dict)
+        from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
+                                                             set_state_dict)
 
         with open(os.path.join(ckpt_dir, "meta.json")) as f:
             meta = json.load(f)
@@ -388,10 +385,3 @@ def _copy_generation_config(lm, model_path):
         lm.generation_config = GenerationConfig.from_pretrained(model_path)
     except Exception:  # a model folder without generation_config.json keeps the default
         pass
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A free TCP port on `host` (node_info's rendezvous port; WorkerGroup's on one node)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]

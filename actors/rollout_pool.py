@@ -2,7 +2,7 @@
 
 It spreads rollout calls over the workers, replaces a worker that dies and re-runs exactly its lost part,
 and gives every worker new weights after each update (`rollout.weight_sync`: through the object store,
-or broadcast by policy rank 0 over NCCL, zs_ray/weight_sync.py). A timeout is an error, never a hang.
+or broadcast by policy rank 0 over NCCL, zs_ray/weight_sync/nccl.py). A timeout is an error, never a hang.
 """
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from typing import Callable
 
 import ray
 
-log = logging.getLogger("zs_ray.trainer")
+from zs_ray.core.rollout import RolloutRequest
+
+log = logging.getLogger("zs_ray.train.trainer")
 MAX_ROLLOUT_RESTARTS = 3  # per rollout call: a worker that keeps dying is an error, not a loop
 
 
@@ -46,16 +48,16 @@ class RolloutPool:
         return actor_id in {w._actor_id.hex() for w in self.workers}
 
     # ---------------------------------------------------------------- calls
-    def submit(self, parts: list, args: tuple) -> list:
-        """One rollout call per worker with a non-empty part: (worker index, handle, part, args, ref)."""
-        return [(i, self.workers[i], p, args, self.workers[i].rollout.remote(p, *args))
+    def submit(self, parts: list, request: RolloutRequest) -> list:
+        """One rollout call per worker with a non-empty part: (worker index, handle, part, request, ref)."""
+        return [(i, self.workers[i], p, request, self.workers[i].rollout.remote(p, request))
                 for i, p in enumerate(parts) if p]
 
     def collect(self, jobs: list) -> list[dict]:
         """The trajectories of `submit`'s calls, in order. A worker that died is replaced by a fresh one
         holding the current weights, which re-runs exactly the lost part (same rows, step and seeds)."""
         out = []
-        for i, handle, part, args, ref in jobs:
+        for i, handle, part, request, ref in jobs:
             for attempt in range(MAX_ROLLOUT_RESTARTS + 1):
                 try:
                     out.extend(ray.get(ref, timeout=self.rollout_timeout_s))
@@ -66,7 +68,7 @@ class RolloutPool:
                     if self.workers[i] is handle:  # not replaced yet (by an earlier call's failure)
                         self.restart(i, e)
                     handle = self.workers[i]
-                    ref = handle.rollout.remote(part, *args)
+                    ref = handle.rollout.remote(part, request)
         return out
 
     def restart(self, i: int, err: BaseException) -> None:

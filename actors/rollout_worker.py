@@ -1,10 +1,10 @@
 """Rollout worker: a Ray async actor hosting one policy engine and one search backend.
 
-Every trajectory is a coroutine (zs_ray.rollout.run_trajectory); the engine batches their
+Every trajectory is a coroutine (zs_ray.core.rollout.run_trajectory); the engine batches their
 generate calls, and search calls overlap with generation. New weights are reloaded in place between
 engine steps and tag the engine with the policy version: as a full state dict through the object store
 (`update_weights`), or, with rollout.weight_sync=nccl, broadcast by policy rank 0 over an NCCL group
-this worker joins as rank 1 + its index (`init_weight_sync`, then `receive_weights`; zs_ray/weight_sync.py).
+this worker joins as rank 1 + its index (`init_weight_sync`, then `receive_weights`; zs_ray/weight_sync/nccl.py).
 
 GPU: the same class, given num_gpus through `.options()` and device="cuda".
 """
@@ -17,22 +17,16 @@ from typing import Any, Optional
 
 import ray
 
-from zs_ray.engine import engine_kwargs, make_engine
-from zs_ray.rollout import as_rollout_config, run_rollouts
-from zs_ray.search import NoSearch, SearchBackend
-
-
-def split_groups(rows: list, n_workers: int) -> list[list]:
-    """Rows spread round-robin over workers; every sample of one prompt stays on its row's worker."""
-    n = max(1, int(n_workers))
-    return [rows[w::n] for w in range(n)]
+from zs_ray.core.rollout import RolloutRequest, as_rollout_config, run_rollouts
+from zs_ray.core.search import NoSearch, SearchBackend
+from zs_ray.engines.engine import engine_kwargs, make_engine
 
 
 def build_search_backend(search_cfg: dict, seed: int = 0) -> SearchBackend:
-    """`none` for the no-search baseline; every other backend comes from zs_ray.search_clients."""
+    """`none` for the no-search baseline; every other backend comes from zs_ray.search.clients."""
     if search_cfg.get("backend") == "none":
         return NoSearch()
-    from zs_ray.search_clients import make_search_backend
+    from zs_ray.search.clients import make_search_backend
 
     # The driver puts the curriculum (with total_steps) into the search section it hands out.
     return make_search_backend(search_cfg, search_cfg.get("curriculum"), seed)
@@ -69,12 +63,11 @@ class RolloutWorker:
                 "engine": type(self.engine).__name__, "startup_s": self.startup_s,
                 "warmup_s": time.perf_counter() - t, "search": getattr(self.search, "name", "?")}
 
-    async def rollout(self, rows: list[dict], n_samples: int, step: int, greedy: bool = False,
-                      reward_kind: str = "f1", evaluation: bool = False) -> list[dict]:
-        search = self.eval_search if evaluation and self.eval_search is not None else self.search
-        trajs = await run_rollouts(self.engine, search, rows, n_samples, rollout_cfg=self.cfg,
-                                   topk=int(self.search_cfg.get("topk", 5)), step=step, greedy=greedy,
-                                   reward_kind=reward_kind, seed=self.seed,
+    async def rollout(self, rows: list[dict], request: RolloutRequest) -> list[dict]:
+        r = request
+        search = self.eval_search if r.evaluation and self.eval_search is not None else self.search
+        trajs = await run_rollouts(self.engine, search, rows, r.n_samples, rollout_cfg=self.cfg, step=r.step,
+                                   greedy=r.greedy, reward_kind=r.reward_kind, seed=self.seed,
                                    max_query_chars=int(self.search_cfg.get("max_query_chars", 512)))
         return [t.to_dict() for t in trajs]
 
@@ -87,7 +80,7 @@ class RolloutWorker:
 
     async def init_weight_sync(self, host: str, port: int, rank: int, world_size: int, timeout_s: float) -> None:
         """Join the NCCL weight-sync group (replacing an earlier one); returns once every member has joined."""
-        from zs_ray.weight_sync import NcclGroup
+        from zs_ray.weight_sync.nccl import NcclGroup
 
         if self._sync_group is not None:
             self._sync_group.close()
@@ -96,7 +89,7 @@ class RolloutWorker:
     async def receive_weights(self, meta: list, version: int) -> float:
         """update_weights' NCCL sibling: `meta` is the (name, dtype, shape) list; the tensors come from policy
         rank 0's broadcasts, one per read, into the same engine.load_weights (tied lm_head handling included)."""
-        from zs_ray.weight_sync import drain, receive_state
+        from zs_ray.weight_sync.nccl import drain, receive_state
 
         if self._sync_group is None:
             raise RuntimeError("receive_weights before init_weight_sync: this worker is in no weight-sync group")
@@ -108,10 +101,6 @@ class RolloutWorker:
 
     def version(self) -> int:
         return self.engine.version
-
-    def search_metrics(self) -> dict:
-        m = getattr(self.search, "metrics", None)
-        return m() if callable(m) else {}
 
     def weights_checksum(self) -> dict:
         """Per-parameter sums of the engine's weights (see the engine's docstring), to check a sync landed."""

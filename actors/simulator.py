@@ -5,7 +5,7 @@
   which cost the tiny CPU simulator 10-15 % of its documents/s (BENCHMARKS.md), so it is off unless asked for.
 - `/v1/chat/completions`, `/v1/completions`, `/v1/models` make the same replica an
   OpenAI-compatible server (for external tools, and the `http` search backend).
-Every request, from either path, is one request to the replica's `zs_ray.engine.VLLMEngine`, which
+Every request, from either path, is one request to the replica's `zs_ray.engines.engine.VLLMEngine`, which
 steps vLLM with continuous batching on its own thread: a call that arrives while others are being
 written joins the running batch at the next step and returns as soon as its own documents are done
 (a `@serve.batch` of `llm.generate` made late callers wait for the whole previous batch, and every
@@ -24,7 +24,7 @@ from fastapi import FastAPI, HTTPException
 from ray import serve
 
 from zs_ray.config import SearchConfig
-from zs_ray.simulator_prompts import cut_at_next_doc, parse_documents, simulator_prompt
+from zs_ray.core.simulator_prompts import cut_at_next_doc, parse_documents, simulator_prompt
 
 app = FastAPI(title="zs-ray search simulator")
 
@@ -32,7 +32,7 @@ app = FastAPI(title="zs-ray search simulator")
 DEFAULTS = asdict(SearchConfig())
 
 
-def _tokens_for_chars(tokenizer, ids: list[int], chars: int) -> int:
+def tokens_for_chars(tokenizer, ids: list[int], chars: int) -> int:
     """The fewest leading tokens of `ids` whose decoded text covers `chars` characters (at least 1).
     Bisects over prefix lengths: log2(n) decodes, not n."""
     n = 1 + bisect.bisect_left(range(1, len(ids) + 1), chars,
@@ -40,11 +40,11 @@ def _tokens_for_chars(tokenizer, ids: list[int], chars: int) -> int:
     return max(1, min(len(ids), n))
 
 
-def _mean_logprob_of_kept(tokenizer, ids: list[int], logprobs: list[float], kept_chars: int) -> Optional[float]:
+def mean_logprob_of_kept(tokenizer, ids: list[int], logprobs: list[float], kept_chars: int) -> Optional[float]:
     """Mean log-prob of the tokens that produced the kept text (before the `Doc k+1` cut)."""
     if not ids:
         return None
-    n = _tokens_for_chars(tokenizer, ids, kept_chars)
+    n = tokens_for_chars(tokenizer, ids, kept_chars)
     return sum(logprobs[:n]) / n
 
 
@@ -57,7 +57,7 @@ class SimulatorServer:
         apply_local_env()
         import torch
 
-        from zs_ray.engine import VLLMEngine, engine_kwargs
+        from zs_ray.engines.engine import VLLMEngine, engine_kwargs
 
         self.cfg = {**DEFAULTS, **{k: v for k, v in (search_cfg or {}).items() if v is not None}}
         self.model_name = str(self.cfg.get("model_name") or model_path)
@@ -126,7 +126,7 @@ class SimulatorServer:
         mean_lp = None
         if confidence:
             kept = len(cut_at_next_doc(c["text"], int(k)))
-            mean_lp = _mean_logprob_of_kept(self.tokenizer, c["token_ids"], c["logprobs"], kept)
+            mean_lp = mean_logprob_of_kept(self.tokenizer, c["token_ids"], c["logprobs"], kept)
         return dict(docs=parsed.docs, mean_logprob=mean_lp, dropped_chars=parsed.dropped_chars, noisy=bool(noisy))
 
     def stats(self) -> dict:

@@ -11,9 +11,9 @@ from typing import Optional
 import ray
 import torch
 
-from actors.policy_worker import _ALGO_DEFAULTS, PolicyWorker, free_port
-from zs_ray.batch import merge_rank_outputs, split_for_ranks
-from zs_ray.runtime import LOOPBACK, actor_env
+from actors.policy_worker import ALGO_DEFAULTS, PolicyWorker
+from zs_ray.core.batch import merge_rank_outputs, split_for_ranks
+from zs_ray.runtime import LOOPBACK, actor_env, free_port
 
 
 class WorkerGroup:
@@ -54,7 +54,7 @@ class WorkerGroup:
                 f"the cluster lacks {opts['num_cpus']} CPUs / {opts['num_gpus']} GPUs per worker, so some "
                 f"ranks never start (the others then wait in init_process_group on port {self.port}), or "
                 f"the model at {model_path} is slow to load") from None
-        self.micro_batch_size = int((algo_cfg or {}).get("micro_batch_size") or _ALGO_DEFAULTS["micro_batch_size"])
+        self.micro_batch_size = int((algo_cfg or {}).get("micro_batch_size") or ALGO_DEFAULTS["micro_batch_size"])
 
     def _all(self, method: str, *args):
         return ray.get([getattr(w, method).remote(*args) for w in self.workers], timeout=self.call_timeout_s)

@@ -1,5 +1,5 @@
 """`zs-ray bench [--quick] [--config CONFIG.yaml] [key=value ...]`: the framework's figures as ratios of two
-variants measured alternately in the same run (zs_ray/bench.py); prints the table, writes BENCHMARKS.md
+variants measured alternately in the same run (zs_ray/bench/runner.py); prints the table, writes BENCHMARKS.md
 and logs to MLflow (experiment "zs-ray-bench", runs/bench/mlflow.db). The device comes from the config
 (resources.device), so the same command runs on a GPU cluster."""
 import argparse
@@ -24,7 +24,7 @@ def parse_args(argv):
 def main(argv):
     a = parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch starts its thread pool
-    from zs_ray.bench import run
+    from zs_ray.bench.runner import run
 
     rows = run(quick=a.quick, config=a.config, overrides=a.overrides, work=a.work, out_md=a.out, skip=a.skip,
                models=a.models)

@@ -1,5 +1,5 @@
 """`zs-ray data real [--src DIR ...] [--out DIR] [--seed N] [--test-size SOURCE=N ...]`: the real question
-sets and passages as train/test parquet, a corpus, its BM25 index and a manifest (zs_ray/real_data.py;
+sets and passages as train/test parquet, a corpus, its BM25 index and a manifest (zs_ray/data/real.py;
 docs/real_data.md)."""
 import argparse
 import sys
@@ -18,7 +18,7 @@ def _test_size(text):
 
 
 def main(argv):
-    from zs_ray import real_data as rd
+    from zs_ray.data import real as rd
 
     sizes = ", ".join(f"{k}={'all' if v is None else v}" for k, v in rd.TEST_SIZES.items())
     p = argparse.ArgumentParser(prog="zs-ray data", description=__doc__)

@@ -56,7 +56,7 @@ def main(argv=None):
     from zs_ray.preflight import check_config
 
     check_config(cfg, "eval", search=ns.mode != "direct")  # the paths it reads, before any engine or Ray
-    from zs_ray.evaluation import describe_search, run_evaluation
+    from zs_ray.eval.evaluation import describe_search, run_evaluation
 
     searched = describe_search(cfg, ns.mode, choice=ns.search)
     print(f"zs-ray eval {ns.mode}: {cfg.model.policy_path} on {len(cfg.data.test_files)} test file(s), "

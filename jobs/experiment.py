@@ -7,7 +7,7 @@ average with its standard error, F1) from `zs-ray eval` output folders, e.g. the
 import argparse
 import sys
 
-from zs_ray.quickstart import PRESETS  # a dict; importing it loads no Ray, torch or vLLM
+from zs_ray.world.quickstart import PRESETS  # a dict; importing it loads no Ray, torch or vLLM
 
 
 def main(argv):
@@ -33,7 +33,7 @@ def main(argv):
     from zs_ray.runtime import apply_local_env
 
     apply_local_env()
-    from zs_ray.experiment import run_table
+    from zs_ray.world.experiment import run_table
 
     for flag, v in (("--rl-steps", a.rl_steps), ("--warm-steps", a.warm_steps)):
         if v is not None and v < 1:
@@ -43,7 +43,7 @@ def main(argv):
 
 
 def collect(p, pairs, out_md):
-    from zs_ray.real_table import table
+    from zs_ray.eval.real_table import table
 
     bad = [x for x in pairs if "=" not in x]
     if not pairs or bad:

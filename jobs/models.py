@@ -8,7 +8,7 @@ import sys
 
 
 def main(argv):
-    from zs_ray.model_import import DEFAULT_OUT, ModelImportError, import_gguf
+    from zs_ray.tools.model_import import DEFAULT_OUT, ModelImportError, import_gguf
 
     p = argparse.ArgumentParser(prog="zs-ray models", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -4,7 +4,7 @@ search engine under the curriculum, evaluation with real BM25 search, and the re
 import argparse
 import sys
 
-from zs_ray.quickstart import PRESETS  # a dict; importing it loads no Ray, torch or vLLM
+from zs_ray.world.quickstart import PRESETS  # a dict; importing it loads no Ray, torch or vLLM
 
 
 def main(argv):
@@ -23,7 +23,7 @@ def main(argv):
     from zs_ray.runtime import apply_local_env
 
     apply_local_env()
-    from zs_ray.quickstart import run
+    from zs_ray.world.quickstart import run
 
     run(a.out, a.preset, a.seed, a.overrides)
     return 0

@@ -33,10 +33,11 @@ def deploy(cfg, name: str = "agent", route_prefix: str = "/"):
     """Deploy the agent (and a Serve simulator when the backend needs one); returns (handle, url)."""
     from actors.agent_server import deploy_agent
     from zs_ray.config import to_dict
+    from zs_ray.preflight import serves_simulator
 
     d = to_dict(cfg)
     r = cfg.resources
-    if d["search"]["backend"] in ("simulate_prompt", "simulate_sft", "hybrid") and not d["search"]["urls"]:
+    if serves_simulator(cfg):
         from actors.simulator import deploy_simulator
         deploy_simulator(d["search"], cfg.search.simulator_model, name=d["search"].get("app_name", "simulator"),
                          replicas=r.simulator_replicas, num_cpus=r.cpus_per_simulator, num_gpus=r.gpus_per_simulator,

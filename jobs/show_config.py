@@ -5,7 +5,8 @@ import sys
 def main(argv):
     from omegaconf import OmegaConf
 
-    from zs_ray.config import load_config, redacted
+    from zs_ray.config import load_config
+    from zs_ray.redaction import redacted
 
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)

@@ -19,7 +19,7 @@ def main(argv=None):
     from zs_ray.preflight import check_config
 
     check_config(cfg, "train")  # hardware and paths, before Ray or any model starts
-    from zs_ray.trainer import run
+    from zs_ray.train.trainer import run
 
     run(cfg)
     return 0

@@ -1,4 +1,4 @@
-"""`zs-ray simulator train CONFIG`: fine-tune the search simulator (zs_ray/simulator_sft.py).
+"""`zs-ray simulator train CONFIG`: fine-tune the search simulator (zs_ray/sft/simulator_sft.py).
 
 Reads the `simulator_sft` section (zs_ray.config.SimulatorSFTConfig) and falls back to the
 run config: corpus <- search.corpus, questions <- data.train_files, base model <- a fresh tiny
@@ -13,7 +13,7 @@ import os
 import sys
 
 
-def _plain(cfg) -> dict:
+def _as_dict(cfg) -> dict:
     try:
         from omegaconf import DictConfig, OmegaConf
         if isinstance(cfg, DictConfig):
@@ -36,12 +36,12 @@ def main(cfg) -> dict:
         from zs_ray.preflight import check_config
         cfg = load_config(args[0], args[1:])
         check_config(cfg, "simulator")  # the model, questions, corpus it reads, before anything starts
-    from zs_ray.runtime import apply_local_env
     from zs_ray.config import SimulatorSFTConfig
-    from zs_ray.simulator_data import load_rows
-    from zs_ray.simulator_sft import run
+    from zs_ray.runtime import apply_local_env
+    from zs_ray.sft.simulator_data import load_rows
+    from zs_ray.sft.simulator_sft import run
 
-    c = _plain(cfg)
+    c = _as_dict(cfg)
     sft = SimulatorSFTConfig(**(c.get("simulator_sft") or {}))  # keys already checked by the schema
     apply_local_env(os.path.dirname(os.path.abspath(sft.output_dir)))
     search, data, model = c.get("search") or {}, c.get("data") or {}, c.get("model") or {}
@@ -52,14 +52,14 @@ def main(cfg) -> dict:
     trajectories = load_rows(sft.trajectories)
     base = sft.base_model
     if base is None:  # the CPU default: a fresh tiny simulator sharing the policy's tokenizer
-        from zs_ray.tiny_models import make_tiny_model
+        from zs_ray.world.tiny_models import make_tiny_model
         tok_dir = model.get("policy_path")
         if not tok_dir:
             raise ValueError("simulator_sft.base_model is unset and model.policy_path has no tokenizer to reuse")
         base = make_tiny_model(tok_dir, os.path.join(sft.output_dir, "base"), size="simulator", seed=sft.seed)
     index = None
     if corpus and questions:
-        from zs_ray.retrieval import BM25Index
+        from zs_ray.search.retrieval import BM25Index
         index_dir = search.get("index_dir")
         index = BM25Index.load_or_build(corpus, index_dir) if index_dir else BM25Index.build(corpus)
     result = run(base, sft.output_dir, questions=questions, index=index, trajectories=trajectories,

@@ -1,7 +1,7 @@
 """`zs-ray warmstart CONFIG.yaml [--base DIR] [--out DIR] [--steps N] [--batch-size B] [--lr LR] [key=value ...]`
 
 The format warm start of a pretrained instruct model (--base, default the imported SmolLM2) on clean
-demonstrations built from data.train_files with real BM25 search over search.corpus (zs_ray/real_warmstart.py).
+demonstrations built from data.train_files with real BM25 search over search.corpus (zs_ray/sft/real_warmstart.py).
 It writes the folder that the config's model.policy_path names (or --out), so `zs-ray train CONFIG` trains it."""
 import argparse
 import json
@@ -10,9 +10,9 @@ import sys
 
 def main(argv):
     from zs_ray.config import load_config
-    from zs_ray.model_import import DEFAULT_OUT
-    from zs_ray.real_warmstart import warm_start
     from zs_ray.runtime import apply_local_env
+    from zs_ray.sft.real_warmstart import warm_start
+    from zs_ray.tools.model_import import DEFAULT_OUT
 
     p = argparse.ArgumentParser(prog="zs-ray warmstart", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -4,7 +4,7 @@ import argparse
 import json
 import sys
 
-from zs_ray.quickstart import quickstart_paths  # os and json only: no Ray, torch or vLLM
+from zs_ray.world.quickstart import quickstart_paths  # os and json only: no Ray, torch or vLLM
 
 
 def main(argv):
@@ -24,7 +24,7 @@ def main(argv):
             kw[k] = json.loads(v)
         except json.JSONDecodeError:
             kw[k] = v
-    from zs_ray.world_files import asset_paths, build_world, build_world_assets
+    from zs_ray.world.files import asset_paths, build_world, build_world_assets
 
     if a.no_models:  # the same place as with the models, so one config serves both
         paths = build_world(asset_paths(a.out)["world"], seed=a.seed, **kw)

@@ -26,7 +26,7 @@ PY=.venv/bin/python
 ZS=.venv/bin/zs-ray
 MODEL=runs/models/smollm2-135m-instruct
 WORLD=runs/gpu_world            # `zs-ray world build --no-models --out DIR` writes the data files into DIR
-BENCH_WORK=$OUT/bench           # the bench's own world and tiny SFT'd models (zs_ray/bench_assets.py)
+BENCH_WORK=$OUT/bench           # the bench's own world and tiny SFT'd models (zs_ray/bench/assets.py)
 # One GPU shared by the policy worker, the rollout worker's vLLM and the Serve simulator's vLLM: fractional
 # GPUs (so weight sync goes through the object store; NCCL needs whole GPUs) and one FSDP rank, since NCCL
 # cannot put two ranks on one GPU. The simulator's vLLM takes 0.3 of the memory (actors/simulator.py).
@@ -35,7 +35,7 @@ GPU_RES=(resources.device=cuda resources.num_cpus=16 resources.policy_workers=1 
          resources.gpus_per_simulator=0.25)
 SMOL_ARGS=("data.train_files=[$WORLD/train.parquet]" "data.test_files=[$WORLD/test.parquet]"
            "search.corpus=$WORLD/corpus.jsonl" "model.policy_path=$MODEL" search.backend=simulate_prompt
-           "search.simulator_model=$MODEL" data.max_prompt_tokens=1024 search.max_model_len=2048
+           "search.simulator_model=$MODEL" search.max_model_len=2048
            rollout.max_turn_tokens=128 rollout.max_context_tokens=2048)
 # Without the SmolLM2 folder the CUDA path still runs, on the bench's models (their own vocabulary and lengths).
 B=$BENCH_WORK
@@ -196,8 +196,8 @@ fi
 
 # The bench's own world and SFT'd tiny models, built on the CPUs while steps 2-3 use the GPU.
 if $INSTALL_OK; then
-  CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=2 nohup $PY -c "from zs_ray.bench import PRESETS; \
-from zs_ray.bench_assets import prepare; prepare('$REPO/$BENCH_WORK', PRESETS['quick'])" >"$OUT/4_bench_assets.log" 2>&1 &
+  CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=2 nohup $PY -c "from zs_ray.bench.runner import PRESETS; \
+from zs_ray.bench.assets import prepare; prepare('$REPO/$BENCH_WORK', PRESETS['quick'])" >"$OUT/4_bench_assets.log" 2>&1 &
   ASSETS_PID=$!
 fi
 skip_all() { record "$1" SKIP 0 "step 1 failed: no CUDA environment to run it in"; }

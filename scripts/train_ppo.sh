@@ -6,8 +6,8 @@
 # Keys: NUM_GPUS_PER_NODE MODEL_PATH DATA_PATH TOTAL_STEPS IP SEARCH_MODE SIMULATION_LLM
 #       START_THRESHOLD END_THRESHOLD (all optional; defaults from configs/recipes/seed_ppo.yaml).
 # Extra: --dry-run (print the zs-ray command), --recipe FILE, --skip-preflight, and zs-ray key=value
-# overrides after the pairs. The mapping is documented in zs_ray/seed_compat.py.
+# overrides after the pairs. The mapping is documented in zs_ray/tools/seed_compat.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/python.sh  # PY: $PYTHON, else ./.venv/bin/python, else python3 on PATH
-exec "$PY" -m zs_ray.seed_compat ppo "$@"
+exec "$PY" -m zs_ray.tools.seed_compat ppo "$@"

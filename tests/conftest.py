@@ -1,6 +1,5 @@
 """Shared, expensive fixtures: one Ray instance and one set of tiny models for the whole session."""
 import os
-import socket
 
 import pytest
 
@@ -28,7 +27,7 @@ def shared_data():
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory):
     """Tokenizer + tiny random Llama (HF format, safetensors)."""
-    from zs_ray.tiny_models import build_test_assets
+    from zs_ray.world.tiny_models import build_test_assets
 
     return build_test_assets(str(tmp_path_factory.mktemp("assets")))
 
@@ -49,8 +48,3 @@ def ray_session():
         pass
     ray.shutdown()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

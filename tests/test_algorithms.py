@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from zs_ray.algorithms import (actor_loss, behaviour_weights, entropy_from_logits, gae, group_spread, grpo_advantages,
-                               kl_penalty, lr_factor, masked_sum_mean, masked_whiten, policy_loss, ppo_token_rewards,
-                               reinforce_advantages, tied_groups, value_loss)
+from zs_ray.core.algorithms import (actor_loss, behaviour_weights, entropy_from_logits, gae, group_spread,
+                                    grpo_advantages, kl_penalty, lr_factor, masked_sum_mean, masked_whiten, policy_loss,
+                                    ppo_token_rewards, reinforce_advantages, tied_groups, value_loss)
 
 
 # ---------------------------------------------------------------- advantages

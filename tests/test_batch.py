@@ -1,9 +1,9 @@
-"""zs_ray.batch: alignment of collated tensors and the per-rank split (pure, fast)."""
+"""zs_ray.core.batch: alignment of collated tensors and the per-rank split (pure, fast)."""
 import pytest
 import torch
 
-from zs_ray.batch import (ROW_INDEX, collate, merge_rank_outputs, micro_batches, pad_columns, split_for_ranks,
-                          trim_padding)
+from zs_ray.core.batch import (ROW_INDEX, collate, merge_rank_outputs, micro_batches, pad_columns, split_for_ranks,
+                               trim_padding)
 
 PAD = 0
 

@@ -1,5 +1,5 @@
 """Smoke test of the bench's table / markdown code on fake numbers and of its CLI parsing (no timing)."""
-from zs_ray.bench_report import Row, markdown, paired, table, write_section
+from zs_ray.bench.report import Row, markdown, paired, table, write_section
 
 
 def test_rows_table_and_markdown_on_fake_numbers(tmp_path):
@@ -34,7 +34,7 @@ def test_cpu_busy_counts_a_busy_loop():
     (other jobs on the machine only add to it, so the check is one-sided)."""
     import time
 
-    from zs_ray.bench_assets import cpu_busy_s
+    from zs_ray.bench.assets import cpu_busy_s
 
     b0, t0 = cpu_busy_s(), time.perf_counter()
     while time.perf_counter() - t0 < 0.5:
@@ -48,7 +48,7 @@ def test_cpu_by_process_names_whose_work_it_is():
     import sys
     import time
 
-    from zs_ray.bench_assets import cpu_by_process
+    from zs_ray.bench.assets import cpu_by_process
 
     code = "import time\nt = time.perf_counter()\nwhile time.perf_counter() - t < 30: pass  # RolloutWorker"
     a = cpu_by_process()
@@ -69,7 +69,7 @@ def test_models_from_a_quickstart_output(tmp_path):
     import pytest
 
     from jobs.bench import parse_args
-    from zs_ray.bench_assets import QUICKSTART_MODELS, prepare
+    from zs_ray.bench.assets import QUICKSTART_MODELS, prepare
 
     assert parse_args(["--models", "runs/qs/out"]).models == "runs/qs/out" and parse_args([]).models is None
     for f in list(QUICKSTART_MODELS.values())[:2]:

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from zs_ray import checkpoint as ckpt
+from zs_ray.train import checkpoint as ckpt
 
 
 def _parts(d):

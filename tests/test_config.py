@@ -2,8 +2,9 @@
 import pytest
 import yaml
 
-from zs_ray.config import ConfigError, load_config, redacted, save_config, to_dict
-from zs_ray.tracking import flatten
+from zs_ray.config import ConfigError, load_config, save_config, to_dict
+from zs_ray.redaction import redacted
+from zs_ray.train.tracking import flatten
 
 REQ = ["model.policy_path=x", "search.simulator_model=sim"]
 
@@ -134,7 +135,7 @@ def test_redacted_hides_secrets_only():
     assert "sk-secret-123" not in str(r)
     # keys that merely contain "token" are settings, not secrets
     assert r["search"]["max_tokens"] == 600 and r["rollout"]["max_turn_tokens"] == 500
-    assert r["data"]["max_prompt_tokens"] == 512 and r["rollout"]["max_context_tokens"] == 4096
+    assert r["rollout"]["max_obs_tokens"] == 2048 and r["rollout"]["max_context_tokens"] == 4096
     assert redacted({"hf_token": "abc", "db_password": "p", "n": {"secret": "s", "max_tokens": 3}}) == \
         {"hf_token": "***", "db_password": "***", "n": {"secret": "***", "max_tokens": 3}}
     assert redacted(load_config(None, REQ))["search"]["api_key"] is None  # nothing to hide

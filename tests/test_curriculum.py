@@ -1,7 +1,7 @@
 """curriculum.py: p_i = p_s + (b^(i/m) - 1)/(b - 1) * (p_e - p_s) and the per-call coin (docs/method.md)."""
 import pytest
 
-from zs_ray.curriculum import is_noisy, noise_probability, uniform_from_key
+from zs_ray.core.curriculum import is_noisy, noise_probability, uniform_from_key
 
 
 @pytest.mark.parametrize("step,p", [(0, 0.0), (50, 0.068), (100, 0.163), (150, 0.298), (203, 0.5)])
@@ -67,7 +67,7 @@ def test_noise_at_is_the_one_rule():
     """Driver log and search clients both read noise_at: enabled=false is a constant p = end from step 0 (the
     schema's rule), no section is no noise, and a schedule needs total_steps."""
     from zs_ray.config import load_config, to_dict
-    from zs_ray.curriculum import noise_at
+    from zs_ray.core.curriculum import noise_at
 
     cfg = load_config(None, ["model.policy_path=x", "search.simulator_model=s", "curriculum.enabled=false",
                              "curriculum.start=0.1", "curriculum.end=0.4"])

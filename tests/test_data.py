@@ -1,12 +1,12 @@
-"""zs_ray.data: real Search-R1 / FlashRAG files, validation errors, prompt ids."""
+"""zs_ray.data.qa: real Search-R1 / FlashRAG files, validation errors, prompt ids."""
 import json
 
 import pytest
 from conftest import shared_path
 
-from zs_ray import protocol
-from zs_ray.data import (DataError, golds_of, load_dataset_files, load_rows,
-                         names_from_path, question_of, write_searchr1_parquet)
+from zs_ray.core import protocol
+from zs_ray.data.qa import (DataError, golds_of, load_dataset_files, load_rows, names_from_path, question_of,
+                            write_searchr1_parquet)
 
 NQ_PARQUET = ("searchr1_format", "nq_search_test.parquet")
 BAMBOOGLE = ("qa", "flashrag_format", "bamboogle_test.jsonl")

@@ -4,7 +4,7 @@ import asyncio
 import pytest
 import torch
 
-from zs_ray.engine import HFEngine, VLLMEngine, make_engine
+from zs_ray.engines.engine import HFEngine, VLLMEngine, make_engine
 
 pytestmark = pytest.mark.integration
 PROMPTS = ["the capital of zorland is", "Doc 1: milo tesh founded", "zorland"]
@@ -13,7 +13,7 @@ PROMPTS = ["the capital of zorland is", "Doc 1: milo tesh founded", "zorland"]
 @pytest.fixture(scope="module")
 def model_path(tiny_assets, tmp_path_factory):
     """The CPU default 'policy' size: vLLM's CPU attention needs head_dim >= 32 (the 'test' size has 16)."""
-    from zs_ray.tiny_models import make_tiny_model
+    from zs_ray.world.tiny_models import make_tiny_model
 
     return make_tiny_model(tiny_assets["tokenizer"], str(tmp_path_factory.mktemp("policy")), size="policy")
 
@@ -120,10 +120,10 @@ def test_reload_drops_only_the_rotary_warning():
     any checkpoint, and vLLM keeps it): filtered out; the same warning about any other layer still passes."""
     import logging
 
-    from zs_ray.engine import _quiet_rotary_reload_warning
+    from zs_ray.engines.engine import quiet_rotary_reload_warning
 
-    _quiet_rotary_reload_warning()
-    _quiet_rotary_reload_warning()  # idempotent: one filter, not one per engine
+    quiet_rotary_reload_warning()
+    quiet_rotary_reload_warning()  # idempotent: one filter, not one per engine
     log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
     assert len(log.filters) == 1
 
@@ -135,7 +135,7 @@ def test_reload_drops_only_the_rotary_warning():
 def test_a_subset_reload_is_quiet_about_the_layers_it_leaves_alone_and_only_then():
     import logging
 
-    from zs_ray.vllm_compat import quiet_subset_reload
+    from zs_ray.engines.vllm_compat import quiet_subset_reload
 
     layerwise, inplace = (logging.getLogger(n) for n in quiet_subset_reload.NAMES)
 

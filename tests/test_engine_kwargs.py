@@ -1,4 +1,4 @@
-"""zs_ray.engine.engine_kwargs: every engine of one config gets its settings from one function (pure unit tests),
+"""engines.engine.engine_kwargs: every engine of one config gets its settings from one function (pure unit tests),
 and a real rollout worker's engine gets the model section's dtype and trust_remote_code (integration)."""
 import json
 import os
@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from zs_ray.config import load_config
-from zs_ray.engine import engine_kwargs
+from zs_ray.engines.engine import engine_kwargs
 
 REQ = ["model.policy_path=x", "search.simulator_model=sim"]
 
@@ -98,7 +98,7 @@ def test_rollout_worker_engine_gets_model_dtype_and_trust_remote_code(ray_sessio
 
 def test_evaluation_engine_gets_the_same_settings(custom_code_model):
     """build_engine (evaluation, the served agent) builds its engine from engine_kwargs(cfg) too."""
-    from zs_ray.evaluation import build_engine
+    from zs_ray.eval.evaluation import build_engine
 
     cfg = load_config(None, [f"model.policy_path={custom_code_model}", "search.simulator_model=sim",
                              "rollout.engine=hf", "model.dtype=bfloat16", "model.trust_remote_code=true"])

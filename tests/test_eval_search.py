@@ -6,9 +6,9 @@ import os
 import pytest
 
 from zs_ray.config import ConfigError, load_config, to_dict
-from zs_ray.eval_report import eval_title
-from zs_ray.evaluation import describe_search, resolve_eval_search
-from zs_ray.search import NoSearch
+from zs_ray.core.search import NoSearch
+from zs_ray.eval.evaluation import describe_search, resolve_eval_search
+from zs_ray.eval.report import eval_title
 
 DEFAULT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "cpu_default.yaml")
 
@@ -108,7 +108,7 @@ def test_cli_flag_is_parsed():
 
 
 def test_a_baseline_without_answer_tags_is_scored_on_its_first_line():
-    from zs_ray.evaluation import free_form_answer
+    from zs_ray.eval.evaluation import free_form_answer
     from zs_ray.reward import score_answer
 
     said = "\n  The capital of France is Paris.\nIt is also its largest city."

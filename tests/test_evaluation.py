@@ -10,12 +10,12 @@ import json
 import os
 
 import pytest
-
 from conftest import shared_path
-from zs_ray.engine import Generation
-from zs_ray.eval_report import AVERAGE, aggregate, markdown_table, write_csv
-from zs_ray.evaluation import baseline_row, evaluate_rows, run_evaluation, score_record, select_rows
-from zs_ray.protocol import STOP_STRINGS, normalize_question
+
+from zs_ray.core.protocol import STOP_STRINGS, normalize_question
+from zs_ray.engines.engine import Generation
+from zs_ray.eval.evaluation import baseline_row, evaluate_rows, run_evaluation, score_record, select_rows
+from zs_ray.eval.report import AVERAGE, aggregate, markdown_table, write_csv
 
 BAMBOOGLE = ("qa", "flashrag_format", "bamboogle_test.jsonl")
 NQ = ("searchr1_format", "nq_search_test.parquet")
@@ -108,9 +108,9 @@ class ScriptedEngine:
 
 @pytest.fixture(scope="module")
 def rows_and_search(tmp_path_factory):
-    from zs_ray.data import load_dataset_files, question_of
-    from zs_ray.retrieval import BM25Index
-    from zs_ray.search import BM25Search
+    from zs_ray.core.search import BM25Search
+    from zs_ray.data.qa import load_dataset_files, question_of
+    from zs_ray.search.retrieval import BM25Index
 
     files = [shared_path(*BAMBOOGLE), shared_path(*NQ)]
     rows = select_rows(load_dataset_files(files), 125)  # all of Bamboogle, 125 NQ rows
@@ -137,7 +137,7 @@ def test_scripted_engine_every_row_scored(mode, rows_and_search, tiny_assets):
     engine = ScriptedEngine(_tok(tiny_assets), golds)
     seen = []
     recs = asyncio.run(evaluate_rows(engine, search if mode != "direct" else None, rows, mode=mode,
-                                     rollout_cfg=RolloutConfig(max_turns=2, max_context_tokens=100_000), topk=3,
+                                     rollout_cfg=RolloutConfig(max_turns=2, max_context_tokens=100_000),
                                      on_record=seen.append))
     assert len(recs) == len(seen) == len(rows) == 250
     assert [r["prompt_id"] for r in recs] == [r["prompt_id"] for r in rows]  # row order, nothing dropped

@@ -4,14 +4,14 @@ import csv
 import pytest
 
 from jobs.experiment import main as experiment_main
-from zs_ray.experiment import RL_ROWS, _slug, run_table, write_table
+from zs_ray.world.experiment import RL_ROWS, row_slug, run_table, write_table
 
 
 def test_row_folders_are_distinct_and_the_no_search_row_finds_the_zerosearch_policy():
-    slugs = [_slug(n) for n in RL_ROWS]
+    slugs = [row_slug(n) for n in RL_ROWS]
     assert len(set(slugs)) == len(slugs)
     # run_table evaluates this row's policy without search: the name must be an RL row, slugged the same way
-    assert "GRPO + simulate_sft + curriculum" in RL_ROWS and _slug("GRPO + simulate_sft + curriculum") in slugs
+    assert "GRPO + simulate_sft + curriculum" in RL_ROWS and row_slug("GRPO + simulate_sft + curriculum") in slugs
 
 
 def test_write_table_writes_markdown_csv_and_plot(tmp_path):

@@ -14,17 +14,17 @@ import sys
 import time
 
 import pytest
-
-from conftest import free_port
 from test_trainer import make_cfg, small_world  # noqa: F401  (module-scoped fixture: one small world here)
+
+from zs_ray.runtime import free_port
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 
 def _expected_consumed(cfg, steps: int) -> list:
-    """What an uninterrupted run consumes: the prompt ids of steps 0..steps-1 (zs_ray.schedule)."""
-    from zs_ray.data import load_dataset_files
-    from zs_ray.schedule import prompts_for_step
+    """What an uninterrupted run consumes: the prompt ids of steps 0..steps-1 (zs_ray.core.schedule)."""
+    from zs_ray.core.schedule import prompts_for_step
+    from zs_ray.data.qa import load_dataset_files
 
     rows = load_dataset_files(list(cfg.data.train_files), split="train")
     out = []
@@ -41,12 +41,12 @@ def _fingerprint(sd: dict) -> dict:
 # ---------------------------------------------------------------- 1. rollout worker killed mid-step
 @pytest.mark.integration
 def test_rollout_worker_killed_mid_step_restarted_resynced_rerun(ray_session, small_world, tmp_path):  # noqa: F811
-    from zs_ray.trainer import Trainer
+    from zs_ray.train.trainer import Trainer
 
     cfg = make_cfg(small_world, str(tmp_path), "trainer.steps=3")
     msgs, trained = [], []
     tr = Trainer(cfg, progress=msgs.append)
-    launch, train_step = tr._launch, tr.train_step
+    launch, train_step = tr.launch_rollouts, tr.train_step
     killed = {}
 
     def launch_then_kill(gen_step):
@@ -61,7 +61,7 @@ def test_rollout_worker_killed_mid_step_restarted_resynced_rerun(ray_session, sm
                         "versions": [t["policy_version"] for t in trajs]})
         return train_step(trajs, t_gen)
 
-    tr._launch, tr.train_step = launch_then_kill, record
+    tr.launch_rollouts, tr.train_step = launch_then_kill, record
     try:
         last = tr.train()
         assert tr.rollout[0] is not killed["handle"]  # replaced
@@ -138,7 +138,7 @@ def _gather(coros):
 
 @pytest.mark.integration
 def test_simulator_replica_killed_calls_retry_on_the_other(ray_session, serve_apps):
-    from zs_ray.search_clients import SimulatorSearch
+    from zs_ray.search.clients import SimulatorSearch
 
     handle = serve_apps("zs_fault_two", 2)
     s = SimulatorSearch(handle, topk=2, timeout_s=5, max_retries=3, backoff_s=0.2)
@@ -163,10 +163,11 @@ def test_simulator_hang_times_out_retries_healthy_replica_then_falls_back(ray_se
     from transformers import AutoTokenizer
 
     from zs_ray.config import RolloutConfig
-    from zs_ray.protocol import NO_INFORMATION
-    from zs_ray.rollout import run_trajectory
-    from zs_ray.search_clients import SearchError, SimulatorSearch
-    from zs_ray.trainer import search_call_metrics
+    from zs_ray.core.protocol import NO_INFORMATION
+    from zs_ray.core.rollout import run_trajectory
+    from zs_ray.search.base import SearchError
+    from zs_ray.search.clients import SimulatorSearch
+    from zs_ray.train.step_metrics import search_call_metrics
 
     # one of two replicas hangs: its calls time out and are retried (with backoff). A timed-out call is
     # cancelled, so the hung replica looks idle again and Serve's router picks either replica at random: each
@@ -194,7 +195,7 @@ def test_simulator_hang_times_out_retries_healthy_replica_then_falls_back(ray_se
     tok = AutoTokenizer.from_pretrained(tiny_assets["tokenizer"])
     eng = ScriptedEngine(tok, ["<search> capital of zorland </search>", "<answer> Karova </answer>"])
     traj = asyncio.run(run_trajectory(eng, s, make_row(0), sample_index=0, rollout_cfg=RolloutConfig(max_turns=2),
-                                      topk=2, step=0, seed=1))
+                                      step=0, seed=1))
     assert traj.answer == "Karova" and traj.search_calls[0]["failed"]
     assert NO_INFORMATION in tok.decode([t for t, mk in zip(traj.response_ids, traj.loss_mask) if mk == 0])
     assert search_call_metrics([traj.to_dict()])["search/failed_fraction"] == 1.0
@@ -203,8 +204,8 @@ def test_simulator_hang_times_out_retries_healthy_replica_then_falls_back(ray_se
 # ---------------------------------------------------------------- 3. policy worker killed
 @pytest.mark.integration
 def test_policy_worker_killed_stops_clearly_then_resumes(ray_session, small_world, tmp_path):  # noqa: F811
-    from zs_ray import checkpoint as ckpt
-    from zs_ray.trainer import PolicyWorkerError, Trainer
+    from zs_ray.train import checkpoint as ckpt
+    from zs_ray.train.trainer import PolicyWorkerError, Trainer
 
     extra = ("trainer.steps=3", "trainer.checkpoint_every=1", "trainer.keep_checkpoints=5")
     cfg = make_cfg(small_world, str(tmp_path), *extra)
@@ -242,7 +243,7 @@ def test_policy_worker_killed_stops_clearly_then_resumes(ray_session, small_worl
 def test_policy_worker_dead_at_weight_sync_is_reported_as_the_policy(ray_session, small_world, tmp_path):  # noqa: F811
     """The policy worker dies as a sync starts (measured: a native crash in full_state_dict): the rollout worker's
     update_weights fails on its argument. That is the policy's death, not the rollout worker's: no restart."""
-    from zs_ray.trainer import PolicyWorkerError, Trainer
+    from zs_ray.train.trainer import PolicyWorkerError, Trainer
 
     tr = Trainer(make_cfg(small_world, str(tmp_path), "trainer.steps=3", "trainer.checkpoint_every=0"))
     sync = tr.rollout.sync
@@ -279,9 +280,9 @@ def _kill_tree_by_marker(marker: str) -> int:
 
 @pytest.mark.integration
 def test_driver_sigkill_then_resume_consumes_each_prompt_once(ray_session, small_world, tmp_path):  # noqa: F811
-    from zs_ray import checkpoint as ckpt
     from zs_ray.config import save_config
-    from zs_ray.trainer import run
+    from zs_ray.train import checkpoint as ckpt
+    from zs_ray.train.trainer import run
 
     out = str(tmp_path)
     extra = ("trainer.steps=3", "trainer.checkpoint_every=2", "trainer.keep_checkpoints=5", "trainer.sample_every=0")
@@ -327,8 +328,8 @@ def test_driver_sigkill_then_resume_consumes_each_prompt_once(ray_session, small
 # ---------------------------------------------------------------- 5. checkpoint write interrupted halfway
 @pytest.mark.integration
 def test_interrupted_checkpoint_keeps_previous_and_resumes_from_it(ray_session, small_world, tmp_path):  # noqa: F811
-    from zs_ray import checkpoint as ckpt
-    from zs_ray.trainer import Trainer
+    from zs_ray.train import checkpoint as ckpt
+    from zs_ray.train.trainer import Trainer
 
     cfg = make_cfg(small_world, str(tmp_path), "trainer.steps=2", "trainer.checkpoint_every=1",
                    "trainer.keep_checkpoints=5")
@@ -350,7 +351,7 @@ def test_interrupted_checkpoint_keeps_previous_and_resumes_from_it(ray_session, 
         # resume from the previous checkpoint through the real load path (same workers)
         tr.policy.save_checkpoint = save
         tr.cfg.trainer.resume = "auto"
-        tr._resume()
+        tr.resume()
         assert (tr.step, tr.version) == (1, 1)
         assert _fingerprint(tr.policy.full_state_dict()) == saved["step_000001.tmp"]
         assert ray_session.get(tr.rollout[0].version.remote()) == 1
@@ -365,12 +366,12 @@ def test_interrupted_checkpoint_keeps_previous_and_resumes_from_it(ray_session, 
 # ---------------------------------------------------------------- 6. MLflow unreachable / store unwritable
 @pytest.mark.integration
 def test_mlflow_unreachable_training_goes_on(ray_session, small_world, tmp_path, caplog):  # noqa: F811
-    from zs_ray.trainer import run
+    from zs_ray.train.trainer import run
 
     cfg = make_cfg(small_world, str(tmp_path), "trainer.steps=2", f"tracking.uri=http://127.0.0.1:{free_port()}")
     msgs = []
     t = time.perf_counter()
-    with caplog.at_level(logging.WARNING, logger="zs_ray.tracking"):
+    with caplog.at_level(logging.WARNING, logger="zs_ray.train.tracking"):
         last = run(cfg, progress=msgs.append)
     assert last["policy/version"] == 2 and time.perf_counter() - t < 240
     final = json.load(open(os.path.join(str(tmp_path), "run", "final_metrics.json")))
@@ -383,12 +384,12 @@ def test_mlflow_unreachable_training_goes_on(ray_session, small_world, tmp_path,
 def test_tracking_store_unwritable_is_counted_not_raised(tmp_path, caplog):
     """Disk full / read-only store: the Tracker never raises; failures are counted and summarised."""
     from zs_ray.config import load_config
-    from zs_ray.tracking import Tracker
+    from zs_ray.train.tracking import Tracker
 
     cfg = load_config(None, ["model.policy_path=x", "search.backend=bm25", "search.corpus=c.jsonl",
                              f"trainer.output_dir={tmp_path}/run",
                              "tracking.uri=sqlite:////proc/zs_ray_no_such_dir/mlflow.db"])
-    with caplog.at_level(logging.WARNING, logger="zs_ray.tracking"):
+    with caplog.at_level(logging.WARNING, logger="zs_ray.train.tracking"):
         t = Tracker(cfg)
         for step in range(3):
             t.log_metrics({"reward/mean": 0.1}, step=step)

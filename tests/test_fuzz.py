@@ -4,10 +4,10 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zs_ray.protocol import parse_action
-from zs_ray.reward import (cover_exact_match, exact_match, extract_answer, f1_score, normalize_answer,
-                           score_response)
-from zs_ray.simulator_prompts import parse_documents
+from zs_ray.core.protocol import parse_action
+from zs_ray.core.reward import (cover_exact_match, exact_match, extract_answer, f1_score, normalize_answer,
+                                score_response)
+from zs_ray.core.simulator_prompts import parse_documents
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -14,9 +14,9 @@ import sys
 import tempfile
 import time
 
-import socket
-
 import pytest
+
+from zs_ray.runtime import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -24,11 +24,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 EXCLUDES = [".venv", "runs", "mlruns", "data", "models", ".git", "**/__pycache__", ".pytest_cache"]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_overrides(world: str, out: str, steps: int = 2) -> list[str]:
@@ -97,7 +92,7 @@ def head():
 def test_job_submit_trains_and_logs_to_mlflow(head):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from zs_ray.world_files import build_world_assets
+    from zs_ray.world.files import build_world_assets
 
     tmp, env = head["tmp"], head["env"]
     world, out = os.path.join(tmp, "world"), os.path.join(tmp, "out")

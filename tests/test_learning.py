@@ -16,10 +16,10 @@ def test_grpo_raises_training_reward_on_an_easy_world(ray_session, tmp_path):
     from transformers import AutoTokenizer
 
     from zs_ray.config import load_config
-    from zs_ray.data import load_rows, write_searchr1_parquet
-    from zs_ray.sft import encode_chat_example, sft_train
-    from zs_ray.trainer import Trainer
-    from zs_ray.world_files import build_world_assets
+    from zs_ray.data.qa import load_rows, write_searchr1_parquet
+    from zs_ray.sft.sft import encode_chat_example, sft_train
+    from zs_ray.train.trainer import Trainer
+    from zs_ray.world.files import build_world_assets
 
     out = str(tmp_path)
     build_world_assets(out, seed=1, n_entities=24, n_test_entities=4, n_pretrain=0, two_hop_per_place=0,
@@ -45,7 +45,7 @@ def test_grpo_raises_training_reward_on_an_easy_world(ray_session, tmp_path):
     rewards = []
     try:
         for _ in range(cfg.trainer.steps):
-            trajs = tr.rollout.collect(tr._launch(tr.step)[2])
+            trajs = tr.rollout_step()
             rewards.append(tr.train_step(trajs, 0.0)["reward/mean"])
     finally:
         tr.tracker.finish()

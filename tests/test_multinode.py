@@ -3,7 +3,7 @@ cluster's node types: {"policy_node": 1} and {"rollout_node": 1}.
 
 The real Trainer runs 4 steps (1 FSDP policy worker + its reference worker, 1 vLLM rollout worker,
 BM25 search inside the rollout worker: the Serve simulator is left out to keep the run short) with
-its actors placed through zs_ray.placement: the policy groups on the policy node, the rollout worker
+its actors placed through zs_ray.train.placement: the policy groups on the policy node, the rollout worker
 (and so its search) on the rollout node, checked by node id. After step 2 the rollout node is
 killed (`cluster.remove_node(..., allow_graceful=False)`, like a lost machine); the next rollout call
 must fail fast with Ray's actor-died error rather than hang (or, once the trainer restarts lost
@@ -15,7 +15,6 @@ the test session's `ray_session`, with a private temp dir (RAY_TMPDIR too).
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,16 +22,13 @@ import time
 
 import pytest
 
+from zs_ray.runtime import free_port
+
 pytestmark = pytest.mark.integration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DETECT_BOUND_S = 90.0
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _overrides(world: str, out: str) -> list[str]:
@@ -56,12 +52,12 @@ def child(tmp: str) -> dict:
     import ray
     from ray.cluster_utils import Cluster
 
-    import actors.worker_group as wg
     import actors.rollout_worker as rw
-    from zs_ray import trainer as trainer_mod
+    import actors.worker_group as wg
     from zs_ray.config import load_config
-    from zs_ray.placement import plan
-    from zs_ray.world_files import build_world_assets
+    from zs_ray.train import trainer as trainer_mod
+    from zs_ray.train.placement import plan
+    from zs_ray.world.files import build_world_assets
 
     world, out = os.path.join(tmp, "world"), os.path.join(tmp, "out")
     build_world_assets(world, seed=0, n_entities=40, n_test_entities=8, n_pretrain=0)
@@ -69,7 +65,7 @@ def child(tmp: str) -> dict:
     res: dict = {}
     cluster = Cluster(initialize_head=True, head_node_args=dict(
         num_cpus=1, node_ip_address="127.0.0.1", temp_dir=os.path.join(tmp, "ray"), include_dashboard=False,
-        gcs_server_port=_free_port(), dashboard_agent_listen_port=_free_port()))
+        gcs_server_port=free_port(), dashboard_agent_listen_port=free_port()))
     tr = placement = None
     try:
         policy_node = cluster.add_node(num_cpus=2, resources={"policy_node": 1}, node_ip_address="127.0.0.1")
@@ -82,7 +78,7 @@ def child(tmp: str) -> dict:
                         "head": cluster.head_node.node_id}
 
         # The Trainer does not place its actors yet (resources.*_node_resource is unused there):
-        # wire zs_ray.placement in from outside, exactly as Trainer.__init__ would.
+        # wire zs_ray.train.placement in from outside, exactly as Trainer.__init__ would.
         wired = "placement" in open(trainer_mod.__file__).read()
         res["trainer_wires_placement"] = wired
         if not wired:
@@ -142,7 +138,7 @@ def child(tmp: str) -> dict:
             res["error"] = str(e)[:1500]
             res["final_step"] = tr.step
         if placement is not None:  # the lost node, as the placement module reports it
-            from zs_ray.placement import PlacementError, wait_ready
+            from zs_ray.train.placement import PlacementError, wait_ready
             try:
                 wait_ready(placement.rollout, 5, "rollout")
                 res["rollout_group_after_loss"] = "ready"

@@ -14,7 +14,8 @@ def cfg_with(*overrides):
 
 # ---------------------------------------------------------------- shapes (no Ray)
 def test_bundle_shapes_follow_the_config():
-    from zs_ray.placement import NODE_FRACTION, policy_bundles, policy_roles, rollout_bundles, simulator_actor_options
+    from zs_ray.train.placement import (NODE_FRACTION, policy_bundles, policy_roles, rollout_bundles,
+                                        simulator_actor_options)
 
     cfg = cfg_with("resources.policy_workers=4", "resources.gpus_per_policy_worker=1", "resources.cpus_per_policy_worker=8",
                    "resources.policy_node_resource=policy_node", "resources.rollout_workers=3",
@@ -37,7 +38,7 @@ def test_bundle_shapes_follow_the_config():
 
 
 def test_diagnose_names_what_no_node_offers():
-    from zs_ray.placement import diagnose
+    from zs_ray.train.placement import diagnose
 
     nodes = [{"id": "a" * 16, "ip": "10.0.0.1", "total": {"CPU": 8, "GPU": 1}, "available": {"CPU": 8, "GPU": 1}},
              {"id": "b" * 16, "ip": "10.0.0.2", "total": {"CPU": 8, "GPU": 1}, "available": {"CPU": 8, "GPU": 0}}]
@@ -69,7 +70,7 @@ def _state(pg):
       "no node has the custom resource 'nowhere_node'"]),
 ])
 def test_missing_resource_fails_in_time_naming_it(ray_session, overrides, expected):
-    import zs_ray.placement as placement
+    import zs_ray.train.placement as placement
 
     made = []
     real_create = placement.create
@@ -90,7 +91,7 @@ def test_missing_resource_fails_in_time_naming_it(ray_session, overrides, expect
 def test_satisfiable_plan_is_ready_and_places_actors(ray_session):
     import ray
 
-    from zs_ray.placement import plan
+    from zs_ray.train.placement import plan
 
     @ray.remote
     class Where:

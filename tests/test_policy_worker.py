@@ -9,8 +9,8 @@ import pytest
 import ray
 import torch
 
-from zs_ray.algorithms import gae, grpo_advantages, ppo_token_rewards, reinforce_advantages
-from zs_ray.batch import collate
+from zs_ray.core.algorithms import gae, grpo_advantages, ppo_token_rewards, reinforce_advantages
+from zs_ray.core.batch import collate
 
 pytestmark = pytest.mark.integration
 
@@ -83,8 +83,8 @@ def vocab(hf_ref):
 
 
 def test_logprobs_match_single_process_hf(groups, hf_ref, vocab):
-    from zs_ray.algorithms import token_entropy, token_logprobs
-    from zs_ray.batch import response_window
+    from zs_ray.core.algorithms import token_entropy, token_logprobs
+    from zs_ray.core.batch import response_window
 
     groups["g2"].load_checkpoint(groups["init"])
     b = make_batch(vocab, n=5)
@@ -92,7 +92,7 @@ def test_logprobs_match_single_process_hf(groups, hf_ref, vocab):
     with torch.no_grad():
         logits = hf_ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
     # exact on every response token; the output layer skips the columns that only predict prompt tokens
-    # (from the shortest prompt of each micro-batch on, zs_ray.batch.response_window), which hold 0
+    # (from the shortest prompt of each micro-batch on, zs_ray.core.batch.response_window), which hold 0
     m = response_mask(b)
     assert out["logprobs"].shape == b["input_ids"].shape
     torch.testing.assert_close(out["logprobs"] * m, token_logprobs(logits, b["input_ids"]) * m, atol=1e-5, rtol=0)
@@ -171,8 +171,8 @@ def test_colocated_reference_stays_frozen_while_the_policy_trains(groups, vocab)
 
 def test_masked_tokens_get_exactly_zero_gradient_in_the_loss(hf_ref, vocab):
     """The worker's own loss code path: d loss / d logits is exactly 0 wherever the target token is masked."""
-    from actors.policy_worker import _ALGO_DEFAULTS
-    from zs_ray.algorithms import actor_microbatch_loss
+    from actors.policy_worker import ALGO_DEFAULTS
+    from zs_ray.core.algorithms import actor_microbatch_loss
 
     b = make_batch(vocab, n=3, seed=3)
     g = torch.Generator().manual_seed(0)
@@ -181,7 +181,7 @@ def test_masked_tokens_get_exactly_zero_gradient_in_the_loss(hf_ref, vocab):
     logits = hf_ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
     logits.retain_grad()
     loss, _ = actor_microbatch_loss(logits, b, int(b["loss_mask"].sum()),
-                                    {**_ALGO_DEFAULTS, **ALGO, "entropy_coef": 0.01})
+                                    {**ALGO_DEFAULTS, **ALGO, "entropy_coef": 0.01})
     loss.backward()
     row_grad = logits.grad.abs().sum(-1)  # [B, T]: logits at t-1 produce token t
     target_mask = torch.nn.functional.pad(b["loss_mask"][:, 1:], (0, 1))
@@ -192,12 +192,12 @@ def test_masked_tokens_get_exactly_zero_gradient_in_the_loss(hf_ref, vocab):
 
 def test_behaviour_correction_in_the_worker_loss(hf_ref, vocab):
     """algorithm.behaviour_correction: on-policy samples change nothing; stale ones are weighted, masked stay 0."""
-    from actors.policy_worker import _ALGO_DEFAULTS
-    from zs_ray.algorithms import actor_microbatch_loss, token_logprobs
+    from actors.policy_worker import ALGO_DEFAULTS
+    from zs_ray.core.algorithms import actor_microbatch_loss, token_logprobs
 
     b = make_batch(vocab, n=3, seed=6)
     n = int(b["loss_mask"].sum())
-    algo = {**_ALGO_DEFAULTS, **ALGO}
+    algo = {**ALGO_DEFAULTS, **ALGO}
     with torch.no_grad():
         logits = hf_ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
     b["old_logprobs"] = token_logprobs(logits, b["input_ids"])
@@ -226,13 +226,13 @@ def test_behaviour_correction_in_the_worker_loss(hf_ref, vocab):
 def test_loss_without_old_logprobs_is_the_on_policy_loss(hf_ref, vocab):
     """The trainer sends no old_logprobs with one optimiser step per batch: the loss then equals, in value and
     gradient, the loss with old_logprobs = this model's own log-probs, and still reports the engine gap."""
-    from actors.policy_worker import _ALGO_DEFAULTS
-    from zs_ray.algorithms import actor_microbatch_loss, token_logprobs
+    from actors.policy_worker import ALGO_DEFAULTS
+    from zs_ray.core.algorithms import actor_microbatch_loss, token_logprobs
 
     b = make_batch(vocab, n=3, seed=7)
     n = int(b["loss_mask"].sum())
     b["ref_logprobs"] = -torch.rand(b["input_ids"].shape, generator=torch.Generator().manual_seed(1)) * 5
-    algo = {**_ALGO_DEFAULTS, **ALGO}
+    algo = {**ALGO_DEFAULTS, **ALGO}
     grads, stats = [], []
     for with_old in (True, False):
         logits = hf_ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
@@ -351,7 +351,7 @@ def test_checkpoint_restores_exact_training_state(groups, vocab, tmp_path):
 def test_full_state_dict_and_export_load_into_transformers(groups, tiny_assets, hf_ref, vocab, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    from zs_ray.algorithms import token_logprobs
+    from zs_ray.core.algorithms import token_logprobs
 
     g2 = groups["g2"]
     g2.load_checkpoint(groups["init"])

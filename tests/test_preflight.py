@@ -1,4 +1,4 @@
-"""Hardware preflight (zs_ray/preflight.py) and the hub downloader failing fast (zs_ray/hub.py)."""
+"""Hardware preflight (zs_ray/preflight.py) and the hub downloader failing fast (zs_ray/tools/hub.py)."""
 import glob
 import os
 import time
@@ -159,10 +159,10 @@ def test_preflight_cli(capsys):
         assert "GPU" in capsys.readouterr().err
 
 
-# ---- zs_ray.hub: public assets, failing fast without hub access -------------------------------
+# ---- zs_ray.tools.hub: public assets, failing fast without hub access -------------------------------
 
 def test_asset_table():
-    from zs_ray.hub import ASSETS, lookup, resolve
+    from zs_ray.tools.hub import ASSETS, lookup, resolve
 
     repos = {a.repo_id for a in ASSETS.values()}
     assert {"sunhaonlp/ZeroSearch_dataset", "sunhaonlp/SearchSimulation_3B", "sunhaonlp/SearchSimulation_7B",
@@ -178,16 +178,16 @@ def test_asset_table():
 
 
 def test_recipe_models_are_known_assets():
-    from zs_ray.hub import resolve
+    from zs_ray.tools.hub import resolve
 
     for p in RECIPES:
         cfg = load_config(p)
         for m in (cfg.model.policy_path, cfg.search.simulator_model):
-            assert resolve(m) is not None, f"{os.path.basename(p)}: {m} is not in zs_ray.hub.ASSETS"
+            assert resolve(m) is not None, f"{os.path.basename(p)}: {m} is not in zs_ray.tools.hub.ASSETS"
 
 
 def test_download_fails_fast_offline(monkeypatch, tmp_path):
-    from zs_ray.hub import HubUnavailable, download
+    from zs_ray.tools.hub import HubUnavailable, download
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t = time.perf_counter()
@@ -198,9 +198,9 @@ def test_download_fails_fast_offline(monkeypatch, tmp_path):
 
 def test_download_fails_fast_without_a_connection(monkeypatch, tmp_path):
     """Offline mode off: the probe finds no route to the hub (no internet here) and gives up at once."""
-    from zs_ray.hub import HubUnavailable, download
-
     import socket
+
+    from zs_ray.tools.hub import HubUnavailable, download
     with socket.socket() as s:  # a loopback port nobody listens on: refused at once, with or without internet
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -215,7 +215,7 @@ def test_download_fails_fast_without_a_connection(monkeypatch, tmp_path):
 
 def test_download_fails_fast_on_this_machine(monkeypatch, tmp_path):
     """The real hub address: on a machine without internet access this fails within seconds."""
-    from zs_ray.hub import HubUnavailable, check_access
+    from zs_ray.tools.hub import HubUnavailable, check_access
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
@@ -231,7 +231,7 @@ def test_download_fails_fast_on_this_machine(monkeypatch, tmp_path):
 
 
 def test_hub_cli(capsys, monkeypatch, tmp_path):
-    from zs_ray.hub import main
+    from zs_ray.tools.hub import main
 
     assert main(["list"]) == 0
     assert "sunhaonlp/SearchSimulation_14B" in capsys.readouterr().out

@@ -1,9 +1,9 @@
-"""The copy tasks that come before the drills (zs_ray.prior_texts): pure text, no models."""
+"""The copy tasks that come before the drills (zs_ray.world.prior_texts): pure text, no models."""
 import random
 
-from zs_ray.prior_texts import fact_recall, induction_sequence, pretrain_texts
-from zs_ray.sft import encode_segments
-from zs_ray.world import NAME_SYLLABLES, VALUE_SYLLABLES, fact_sentence
+from zs_ray.sft.sft import encode_segments
+from zs_ray.world.prior_texts import fact_recall, induction_sequence, pretrain_texts
+from zs_ray.world.world import NAME_SYLLABLES, VALUE_SYLLABLES, fact_sentence
 
 
 def test_induction_sequence_repeats_distinct_words():

@@ -1,8 +1,9 @@
 """protocol.py: the Search-R1 prompt, action parsing and environment texts (docs/method.md)."""
 import pytest
 
-from zs_ray import protocol as P
-from zs_ray.protocol import Action, make_prompt, normalize_question, observation_text, parse_action, render_documents
+from zs_ray.core import protocol as P
+from zs_ray.core.protocol import (Action, make_prompt, normalize_question, observation_text, parse_action,
+                                  render_documents)
 
 # The `prompt[0].content` of row test_0 of Search-R1's released nq_search/test.parquet (SOURCES.md §1).
 REAL_ROW_PROMPT = (
@@ -49,7 +50,6 @@ def test_tags_and_stop_strings():
               "<answer>", "</answer>"):
         assert t in P.TAGS
     assert P.STOP_STRINGS == ["</search>", "</answer>"]
-    assert P.FINAL_TURN_STOP_STRINGS == ["</answer>"]
 
 
 # ---------------------------------------------------------------- action parsing

@@ -40,12 +40,12 @@ def test_quickstart_smoke_runs_every_stage(tmp_path):
     assert [ln.split("|")[1].strip() for ln in md.splitlines()[4:]] == [
         "prior + warm start", "warm start + more SFT, same compute as RL", row]
     assert (out / "policy_warm3" / "model.safetensors").exists()
-    cfg = (tdir / "grpo___real_bm25_search" / "config.yaml").read_text()  # the row's folder: experiment._slug(row)
+    cfg = (tdir / "grpo___real_bm25_search" / "config.yaml").read_text()  # the row's folder: experiment.row_slug(row)
     assert f"policy_path: {out}/policy_warm3" in cfg
 
 
 def test_stages_run_in_a_child_process_when_they_pickle():
-    from zs_ray.quickstart import in_child_process
+    from zs_ray.world.quickstart import in_child_process
 
     assert in_child_process(os.getpid) != os.getpid()  # a spawned child; its memory goes when it exits
     assert in_child_process(lambda: os.getpid()) == os.getpid()  # a lambda does not pickle: runs here

@@ -6,7 +6,7 @@ import os
 
 from omegaconf import OmegaConf
 
-from zs_ray.quickstart import quickstart_config, quickstart_paths, write_world
+from zs_ray.world.quickstart import quickstart_config, quickstart_paths, write_world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(n_entities=30, n_test_entities=10, n_pretrain=20)

@@ -1,13 +1,13 @@
-"""zs_ray.real_data / `zs-ray data real`: readers, dedup, disjoint split, bad rows, and the real data."""
+"""zs_ray.data.real / `zs-ray data real`: readers, dedup, disjoint split, bad rows, and the real data."""
 import json
 import os
 import time
 
 import pytest
 
-from zs_ray import real_data as rd
-from zs_ray.data import DataError, load_dataset_files, load_rows, write_searchr1_parquet
-from zs_ray.reward import normalize_answer
+from zs_ray.core.reward import normalize_answer
+from zs_ray.data import real as rd
+from zs_ray.data.qa import DataError, load_dataset_files, load_rows, write_searchr1_parquet
 
 
 def _jsonl(path, rows):

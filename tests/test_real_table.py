@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from zs_ray.real_table import average_em_se, table
+from zs_ray.eval.real_table import average_em_se, table
 
 
 def _eval_dir(path, ems: dict, n=50, label="real BM25 over corpus.jsonl (top-3)"):

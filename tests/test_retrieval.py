@@ -1,13 +1,13 @@
-"""zs_ray.retrieval: BM25 over real wiki-18 passages (the E5 top-3 pool of NQ questions)."""
+"""zs_ray.search.retrieval: BM25 over real wiki-18 passages (the E5 top-3 pool of NQ questions)."""
 import asyncio
 import json
 
 import pytest
 from conftest import shared_path
 
-from zs_ray.protocol import render_documents
-from zs_ray.retrieval import BM25Index, format_passage, load_or_build, parse_passage, unquote_title
-from zs_ray.reward import normalize_answer
+from zs_ray.core.protocol import render_documents
+from zs_ray.core.reward import normalize_answer
+from zs_ray.search.retrieval import BM25Index, format_passage, load_or_build, parse_passage, unquote_title
 
 POOL = ("derived", "wiki18_e5top3_pool_nq.jsonl")
 NQ_SUB = ("qa", "flashrag_format", "nq_test_sub1000.jsonl")
@@ -88,7 +88,7 @@ def test_load_or_build_reuses_index(tmp_path):
 
 
 def test_bm25_search_backend(nq_index):
-    from zs_ray.search import BM25Search
+    from zs_ray.core.search import BM25Search
 
     res = asyncio.run(BM25Search(nq_index, topk=3).search("prodigal son", "q?", ["x"]))
     assert len(res.docs) == 3 and res.text.startswith("Doc 1: ")

@@ -1,8 +1,8 @@
 """reward.py: SQuAD normalisation, EM, cover-EM, F1 and the training reward (docs/method.md)."""
 import pytest
 
-from zs_ray.reward import (cover_exact_match, exact_match, extract_answer, f1_score, normalize_answer,
-                           score_answer, score_response, training_reward)
+from zs_ray.core.reward import (cover_exact_match, exact_match, extract_answer, f1_score, normalize_answer,
+                                score_answer, score_response, training_reward)
 
 
 @pytest.mark.parametrize("raw,norm", [
@@ -63,7 +63,7 @@ def test_extract_answer_takes_last():
 
 def test_score_response_reads_only_the_response():
     # The prompt's example `<answer> Beijing </answer>` must never be scored: only the response is passed.
-    from zs_ray.protocol import make_prompt
+    from zs_ray.core.protocol import make_prompt
     prompt = make_prompt("capital of china")
     assert extract_answer(prompt) == "Beijing"
     assert score_response("<think>?</think> I do not know", ["Beijing"]) == {"em": 0.0, "cover_em": 0.0, "f1": 0.0}

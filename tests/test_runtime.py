@@ -70,7 +70,7 @@ def _python(code: str):
 
 def test_importing_zs_ray_first_makes_ray_loopback_only():
     # Ray reads the setting when it is first imported; the Trainer imports ray before it starts it.
-    r = _python("import zs_ray.trainer, ray; from ray._private import ray_constants; "
+    r = _python("import zs_ray.train.trainer, ray; from ray._private import ray_constants; "
                 "print(ray_constants.ENABLE_RAY_CLUSTER)")
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "False", r.stderr[-2000:]
 

@@ -1,4 +1,4 @@
-from zs_ray.schedule import may_launch, may_train, prompts_for_step
+from zs_ray.core.schedule import LaunchQueue, may_launch, may_train, prompts_for_step
 
 
 def test_each_epoch_covers_every_row_once():
@@ -29,3 +29,26 @@ def test_staleness_rule():
     assert may_train(4, 5, 1) and not may_train(3, 5, 1)
     assert not may_train(6, 5, 3)  # a sample from the future is a bug, never trained on
     assert may_launch(3, 3, 0) and not may_launch(4, 3, 0) and may_launch(4, 3, 1)
+
+
+
+def test_launch_queue_launches_ahead_within_staleness_and_relaunches_after_a_resume():
+    """The trainer's pipeline (Trainer.next_step): launches are recorded, nothing is generated."""
+    q, launched = LaunchQueue(), []
+
+    def launch(step):
+        launched.append((step, version))
+        return f"rollouts of {step}"
+
+    version = 0
+    assert q.take(0, version, 1, 4, launch) == "rollouts of 0"
+    assert launched == [(0, 0), (1, 0)]  # step 1 generates on version 0 while step 0 trains (staleness 1)
+    version = 1
+    assert q.take(1, version, 1, 4, launch) == "rollouts of 1" and launched[-1] == (2, 1)
+    # the run resumes at step 1 (version 1): the launch of step 2 held is dropped and done again
+    assert q.take(1, version, 1, 3, launch) == "rollouts of 1"
+    assert launched[-2:] == [(1, 1), (2, 1)]  # and nothing at or beyond until=3
+    version = 2
+    assert q.take(2, version, 0, 4, launch) == "rollouts of 2" and launched[-1] == (2, 1)  # staleness 0: none ahead
+    version = 3
+    assert q.take(3, version, 0, 4, launch) == "rollouts of 3" and launched[-1] == (3, 3)

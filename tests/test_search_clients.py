@@ -10,11 +10,12 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
-from conftest import free_port
 from test_simulator import K, _all, _FakeHandle, simulator_deployment  # noqa: F401  (module fixture)
-from zs_ray.http_search import OpenAISimulatorSearch, RetrieverSearch
-from zs_ray.search_clients import HybridSearch, SearchError, SimulatorSearch, make_search_backend
+
+from zs_ray.runtime import free_port
+from zs_ray.search.base import SearchError
+from zs_ray.search.clients import HybridSearch, SimulatorSearch, make_search_backend
+from zs_ray.search.http_search import OpenAISimulatorSearch, RetrieverSearch
 
 
 def _serve(handler_fn):
@@ -93,7 +94,7 @@ def test_retriever_client_search_r1_api():
 
 
 def test_hybrid_threshold_forces_or_never_falls_back():
-    from zs_ray.search import SearchBackend, SearchResult
+    from zs_ray.core.search import SearchBackend, SearchResult
 
     class Real(SearchBackend):
         name = "real"
@@ -117,7 +118,8 @@ def test_hybrid_threshold_forces_or_never_falls_back():
 
 def test_factory_builds_every_backend(tmp_path):
     from test_simulator_sft import build_world
-    from zs_ray.search import BM25Search
+
+    from zs_ray.core.search import BM25Search
 
     corpus, _, _ = build_world(str(tmp_path / "w"), n=5)
     base = dict(topk=3, corpus=corpus, index_dir=str(tmp_path / "idx"))
@@ -274,8 +276,8 @@ def test_share_identical_against_deployment(simulator_deployment):
 
 @pytest.mark.integration
 def test_hybrid_with_deployment_and_bm25(simulator_deployment):
-    from zs_ray.retrieval import BM25Index
-    from zs_ray.search import BM25Search
+    from zs_ray.core.search import BM25Search
+    from zs_ray.search.retrieval import BM25Index
 
     d = simulator_deployment
     bm25 = BM25Search(BM25Index.build(d["corpus"]), topk=K)

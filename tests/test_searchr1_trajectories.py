@@ -8,10 +8,10 @@ import json
 import re
 
 import pytest
-
 from conftest import shared_path
-from zs_ray.protocol import parse_action
-from zs_ray.reward import extract_answer, score_answer
+
+from zs_ray.core.protocol import parse_action
+from zs_ray.core.reward import extract_answer, score_answer
 
 _INFO = re.compile(r"<information>.*?</information>", re.DOTALL)
 

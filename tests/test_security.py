@@ -12,7 +12,7 @@ import os
 import pytest
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-SOURCE_DIRS = ("zs_ray", "actors", "jobs", "scripts", "benchmarks")
+SOURCE_DIRS = ("zs_ray", "actors", "jobs", "scripts")
 
 
 def _sources():
@@ -99,7 +99,7 @@ def test_network_defaults_bind_loopback():
     assert env["VLLM_HOST_IP"] == "127.0.0.1" and env["MASTER_ADDR"] == "127.0.0.1"
     assert env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
     assert TrackingConfig().uri is None  # local sqlite store by default, no server at all
-    from zs_ray.tracking import Tracker
+    from zs_ray.train.tracking import Tracker
 
     class _Cfg:  # the summary's `mlflow ui` hint binds loopback
         class tracking:
@@ -121,8 +121,8 @@ def test_saved_run_config_has_no_secret(tmp_path, monkeypatch):
     """The config.yaml the Trainer writes into the run folder has the api key redacted."""
     import zs_ray.runtime
     from zs_ray.config import load_config
-    from zs_ray.data import DataError
-    from zs_ray.trainer import Trainer
+    from zs_ray.data.qa import DataError
+    from zs_ray.train.trainer import Trainer
 
     monkeypatch.setattr(zs_ray.runtime, "init_ray", lambda *a, **k: pytest.fail("no Ray needed"))
     cfg = load_config(None, ["model.policy_path=/nonexistent", "search.backend=http", "search.urls=[http://h:1]",

@@ -6,8 +6,7 @@ import sys
 import pytest
 
 from zs_ray.config import ConfigError, load_config
-from zs_ray.seed_compat import (SEED_KEYS, SeedArgError, build_command, main, seed_overrides,
-                                simulator_url)
+from zs_ray.tools.seed_compat import SEED_KEYS, SeedArgError, build_command, main, seed_overrides, simulator_url
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_CMD = ("NUM_GPUS_PER_NODE 4 MODEL_PATH Llama-3.2-3B DATA_PATH ZeroSearch_dataset TOTAL_STEPS 203 "
@@ -60,7 +59,7 @@ def test_the_scripts_pass_arguments_through_unchanged():
     for algo in ("grpo", "ppo", "reinforce"):
         with open(os.path.join(ROOT, "scripts", f"train_{algo}.sh")) as f:
             text = f.read()
-        assert f'-m zs_ray.seed_compat {algo} "$@"' in text
+        assert f'-m zs_ray.tools.seed_compat {algo} "$@"' in text
 
 
 def test_sft_mode_and_local_folders(tmp_path):
@@ -193,8 +192,8 @@ def test_the_scripts_pick_the_project_venv(tmp_path, algo):
                               text=True, env=_minimal_env(**env), timeout=60)
     fake(tmp_path / "bin" / "python3", "path-python3")
     path = f"{tmp_path}/bin:/usr/bin:/bin"
-    assert run(PATH=path).stdout.strip() == f"path-python3 -m zs_ray.seed_compat {algo} TOTAL_STEPS 3"
+    assert run(PATH=path).stdout.strip() == f"path-python3 -m zs_ray.tools.seed_compat {algo} TOTAL_STEPS 3"
     fake(repo / ".venv" / "bin" / "python", "venv-python")
-    assert run(PATH=path).stdout.strip() == f"venv-python -m zs_ray.seed_compat {algo} TOTAL_STEPS 3"
+    assert run(PATH=path).stdout.strip() == f"venv-python -m zs_ray.tools.seed_compat {algo} TOTAL_STEPS 3"
     fake(tmp_path / "mine", "mine")
-    assert run(PATH=path, PYTHON=str(tmp_path / "mine")).stdout.startswith("mine -m zs_ray.seed_compat")
+    assert run(PATH=path, PYTHON=str(tmp_path / "mine")).stdout.startswith("mine -m zs_ray.tools.seed_compat")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import free_port
+from zs_ray.runtime import free_port
 
 pytestmark = pytest.mark.integration
 

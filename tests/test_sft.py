@@ -1,4 +1,4 @@
-from zs_ray.sft import encode_chat_example, encode_text_example, sft_train
+from zs_ray.sft.sft import encode_chat_example, encode_text_example, sft_train
 
 
 def test_information_blocks_are_masked(tiny_assets):
@@ -48,7 +48,7 @@ def test_weighted_loss_is_the_usual_mean_with_unit_weights_and_counts_heavier_to
     import torch
     import torch.nn.functional as F
 
-    from zs_ray.sft import weighted_lm_loss
+    from zs_ray.sft.sft import weighted_lm_loss
 
     torch.manual_seed(0)
     logits, ids = torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5))
@@ -69,7 +69,7 @@ def test_lm_loss_runs_the_head_only_where_it_learns_and_gives_the_same_loss_and_
     import torch
     from transformers import AutoModelForCausalLM
 
-    from zs_ray.sft import lm_loss, weighted_lm_loss
+    from zs_ray.sft.sft import lm_loss, weighted_lm_loss
 
     model = AutoModelForCausalLM.from_pretrained(tiny_assets["model"], dtype=torch.float32)
     g = torch.Generator().manual_seed(0)

@@ -8,9 +8,9 @@ import asyncio
 import time
 
 import pytest
-
-from conftest import free_port
 from test_simulator_sft import K, trained_simulator
+
+from zs_ray.runtime import free_port
 
 APP = "zs_test_simulator"
 
@@ -72,20 +72,20 @@ class _CharTokenizer:
 
 @pytest.mark.parametrize("kept,n", [(0, 1), (3, 1), (4, 2), (9, 3), (10, 4), (22, 7), (99, 7)])
 def test_kept_text_maps_to_the_tokens_that_wrote_it(kept, n):
-    from actors.simulator import _mean_logprob_of_kept, _tokens_for_chars
+    from actors.simulator import mean_logprob_of_kept, tokens_for_chars
 
     tok, ids = _CharTokenizer(), list(range(7))  # "Doc 1: ab cd Doc 2: ef": prefix lengths 3 6 9 12 16 19 22
-    assert _tokens_for_chars(tok, ids, kept) == n
+    assert tokens_for_chars(tok, ids, kept) == n
     lps = [-float(i + 1) for i in ids]
-    assert _mean_logprob_of_kept(tok, ids, lps, kept) == pytest.approx(sum(lps[:n]) / n)
-    assert _mean_logprob_of_kept(tok, [], [], kept) is None
+    assert mean_logprob_of_kept(tok, ids, lps, kept) == pytest.approx(sum(lps[:n]) / n)
+    assert mean_logprob_of_kept(tok, [], [], kept) is None
 
 
 # ---------------------------------------------------------------- the coin (no Ray needed) --------
 
 @pytest.mark.parametrize("start,end", [(0.0, 0.0), (1.0, 1.0)])
 def test_coin_extremes(start, end):
-    from zs_ray.search_clients import SimulatorSearch
+    from zs_ray.search.clients import SimulatorSearch
 
     s = SimulatorSearch(_FakeHandle(), topk=2, curriculum=dict(start=start, end=end, total_steps=10), seed=1)
     res = _all([s.search("q", "Q", ["a"], step=3, call_key=f"c{i}") for i in range(50)])
@@ -94,8 +94,8 @@ def test_coin_extremes(start, end):
 
 
 def test_coin_follows_schedule_and_is_reproducible():
-    from zs_ray.curriculum import noise_probability
-    from zs_ray.search_clients import SimulatorSearch
+    from zs_ray.core.curriculum import noise_probability
+    from zs_ray.search.clients import SimulatorSearch
 
     cur = dict(start=0.0, end=0.5, base=4.0, total_steps=203)
     s = SimulatorSearch(_FakeHandle(), topk=1, curriculum=cur, seed=7)
@@ -112,7 +112,8 @@ def test_coin_follows_schedule_and_is_reproducible():
 
 
 def test_missing_app_fails_bounded():
-    from zs_ray.search_clients import SearchError, SimulatorSearch
+    from zs_ray.search.base import SearchError
+    from zs_ray.search.clients import SimulatorSearch
 
     class Broken:
         def __getattr__(self, _):
@@ -170,8 +171,8 @@ def test_openai_route_with_openai_client(simulator_deployment):
 
 @pytest.mark.integration
 def test_simulator_search_by_handle_follows_coin(simulator_deployment):
-    from zs_ray.reward import normalize_answer
-    from zs_ray.search_clients import SimulatorSearch
+    from zs_ray.core.reward import normalize_answer
+    from zs_ray.search.clients import SimulatorSearch
 
     # every question twice (48 sampled generations at temperature 0.8): with 16 the useful hit rate's standard
     # error (~0.12) put a 0.56 draw of a ~0.7 model below the bar (seen in CI, 2026-12-01)

@@ -1,7 +1,7 @@
 """simulator_prompts.py: the simulator's prompts and the parsing of its documents (docs/method.md)."""
 import pytest
 
-from zs_ray.simulator_prompts import NOISY_CUE, USEFUL_CUE, cut_at_next_doc, parse_documents, simulator_prompt
+from zs_ray.core.simulator_prompts import NOISY_CUE, USEFUL_CUE, cut_at_next_doc, parse_documents, simulator_prompt
 
 Q, A, QUERY = "Which zorbl invented the quaxel?", "Fenwick Tumblethorpe", "quaxel inventor zorbl"
 

@@ -13,8 +13,8 @@ import random
 
 import pytest
 
-from zs_ray import simulator_data as D
-from zs_ray import simulator_sft as S
+from zs_ray.sft import simulator_data as D
+from zs_ray.sft import simulator_sft as S
 
 SYL = ["ka", "ro", "vi", "tel", "mun", "sa", "dor", "pe", "lin", "qua", "zen", "bo", "ri", "mas", "tu", "ge"]
 FILLERS = ["famous for its old bridges and quiet rivers", "known for wool trade and mountain roads",
@@ -69,8 +69,8 @@ def _tiny_llama(tok_dir: str, out_dir: str) -> str:
 @functools.lru_cache(maxsize=1)
 def trained_simulator(base_dir: str) -> dict:
     """Tiny world + tokenizer + a simulator fine-tuned on it (once per test process)."""
-    from zs_ray.retrieval import BM25Index
-    from zs_ray.tiny_models import train_tokenizer
+    from zs_ray.search.retrieval import BM25Index
+    from zs_ray.world.tiny_models import train_tokenizer
 
     corpus, questions, texts = build_world(os.path.join(base_dir, "world"), n=N_ENTITIES)
     # A tokenizer of this world: names become single tokens, sequences stay short (fast SFT).
@@ -133,7 +133,7 @@ def test_lead_with_answer_ranks_documents_and_sentences():
 
 def _index_of(tmp_path, passages: list[str]):
     """A BM25 index over passages written as a corpus jsonl (ids 0, 1, ...)."""
-    from zs_ray.retrieval import BM25Index
+    from zs_ray.search.retrieval import BM25Index
 
     path = tmp_path / "corpus.jsonl"
     path.write_text("".join(json.dumps({"id": str(i), "contents": c}) + "\n" for i, c in enumerate(passages)))
@@ -212,7 +212,7 @@ def test_balance_and_dataset_roundtrip(tmp_path):
     import datasets
 
     corpus, questions, _ = build_world(str(tmp_path / "w"), n=12)
-    from zs_ray.retrieval import BM25Index
+    from zs_ray.search.retrieval import BM25Index
     pairs = D.pairs_from_corpus(BM25Index.build(corpus), questions, topk=K)
     rows = D.label_and_balance(pairs)
     n_useful = sum(r["label"] == "useful" for r in rows)
@@ -275,7 +275,7 @@ def test_sft_copies_the_answer_for_held_out_questions(tmp_path):
     emerges, then memorisation wins), noisy 0-2 %; with 24 countries and 300 steps 0 %. The bar is 85 %
     so that this run-to-run spread cannot fail it; the issue's 90 % is checked where it is stated, in the
     quickstart's job on the CPU default world (98 %, docs/experiments.md)."""
-    from zs_ray.tiny_models import train_tokenizer
+    from zs_ray.world.tiny_models import train_tokenizer
 
     corpus, questions, texts = build_world(str(tmp_path / "world"), n=400)
     train_tokenizer((texts + [q["question"] for q in questions]) * 5, str(tmp_path / "tok"), vocab_size=1000)

@@ -1,7 +1,7 @@
 import os
 
 from zs_ray.config import load_config
-from zs_ray.tracking import Tracker
+from zs_ray.train.tracking import Tracker
 
 
 def _cfg(tmp_path, uri):

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory):
-    from zs_ray.world_files import build_world_assets
+    from zs_ray.world.files import build_world_assets
 
     out = str(tmp_path_factory.mktemp("world"))
     build_world_assets(out, seed=0, n_entities=40, n_test_entities=8, n_pretrain=0)
@@ -30,7 +30,7 @@ def make_cfg(world, out, *extra):
 
 
 def test_grpo_two_policy_workers_three_steps_weights_synced(ray_session, small_world, tmp_path):
-    from zs_ray.trainer import Trainer
+    from zs_ray.train.trainer import Trainer
 
     cfg = make_cfg(small_world, str(tmp_path), "trainer.steps=3", "resources.policy_workers=2")
     tr = Trainer(cfg, progress=lambda *_: None)
@@ -48,7 +48,7 @@ def test_grpo_two_policy_workers_three_steps_weights_synced(ray_session, small_w
 
         before = compare()
         for _ in range(3):
-            trajs = tr.rollout.collect(tr._launch(tr.step)[2])
+            trajs = tr.rollout_step()
             m = tr.train_step(trajs, 0.0)
             for k in ("actor/loss", "actor/kl", "actor/entropy", "reward/mean", "actor/grad_norm"):
                 assert k in m and torch.isfinite(torch.tensor(m[k])), (k, m.get(k))
@@ -65,7 +65,7 @@ def test_grpo_two_policy_workers_three_steps_weights_synced(ray_session, small_w
 
 @pytest.mark.parametrize("algo", ["ppo", "reinforce"])
 def test_ppo_and_reinforce_run_two_steps(ray_session, small_world, tmp_path, algo):
-    from zs_ray.trainer import run
+    from zs_ray.train.trainer import run
 
     warmup = ["algorithm.critic_warmup=1"] if algo == "ppo" else []  # step 1 trains only the critic
     cfg = make_cfg(small_world, str(tmp_path), "trainer.steps=2", f"algorithm.name={algo}", *warmup)
@@ -84,14 +84,14 @@ def test_ppo_and_reinforce_run_two_steps(ray_session, small_world, tmp_path, alg
 
 
 def _consumed_by_step(run_dir):
-    from zs_ray import checkpoint as ckpt
+    from zs_ray.train import checkpoint as ckpt
 
     return ckpt.load_driver_state(ckpt.latest(os.path.join(run_dir, "checkpoints")))
 
 
 def test_resume_replays_the_same_prompts_and_noise(ray_session, small_world, tmp_path):
     """A run stopped after step 2 of 4 and resumed sees exactly the prompts and noise of an uninterrupted run."""
-    from zs_ray.trainer import run
+    from zs_ray.train.trainer import run
 
     full = make_cfg(small_world, str(tmp_path / "full"), "trainer.steps=4", "trainer.checkpoint_every=1",
                     "trainer.keep_checkpoints=10")
@@ -112,7 +112,7 @@ def test_resume_replays_the_same_prompts_and_noise(ray_session, small_world, tmp
 
 
 def test_staleness_one_runs_and_never_trains_older_samples(ray_session, small_world, tmp_path):
-    from zs_ray.trainer import run
+    from zs_ray.train.trainer import run
 
     cfg = make_cfg(small_world, str(tmp_path), "trainer.steps=3", "trainer.staleness=1")
     last = run(cfg, progress=lambda *_: None)
@@ -122,12 +122,12 @@ def test_staleness_one_runs_and_never_trains_older_samples(ray_session, small_wo
 
 def test_filter_groups_trains_only_groups_whose_rewards_differ(ray_session, small_world, tmp_path):
     """algorithm.filter_groups: an all-equal group leaves the batch; a step with no other group keeps the weights."""
-    from zs_ray.trainer import Trainer
+    from zs_ray.train.trainer import Trainer
 
     cfg = make_cfg(small_world, str(tmp_path), "trainer.steps=2", "algorithm.filter_groups=true")
     tr = Trainer(cfg, progress=lambda *_: None)
     try:
-        trajs = tr.rollout.collect(tr._launch(tr.step)[2])
+        trajs = tr.rollout_step()
         ids = sorted({t["prompt_id"] for t in trajs})
         assert len(ids) == 3 and len(trajs) == 6
         for t in trajs:  # the first prompt's samples tie; the others' differ
@@ -138,7 +138,7 @@ def test_filter_groups_trains_only_groups_whose_rewards_differ(ray_session, smal
         assert "actor/skipped" not in m and torch.isfinite(torch.tensor(m["actor/loss"]))
 
         before = tr.policy.full_state_dict()
-        trajs = tr.rollout.collect(tr._launch(tr.step)[2])
+        trajs = tr.rollout_step()
         for t in trajs:
             t["reward"] = 0.0
         m = tr.train_step(trajs, 0.0)

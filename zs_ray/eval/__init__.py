@@ -1,0 +1,1 @@
+"""Held-out evaluation (EM / cover-EM / F1 per data source) and the tables built from its outputs."""

@@ -1,0 +1,1 @@
+"""The RL driver: the Trainer's step loop, Ray placement of its actors, checkpoints, and MLflow tracking."""
