@@ -109,7 +109,7 @@ def test_cli_flag_is_parsed():
 
 def test_a_baseline_without_answer_tags_is_scored_on_its_first_line():
     from zs_ray.eval.evaluation import free_form_answer
-    from zs_ray.reward import score_answer
+    from zs_ray.core.reward import score_answer
 
     said = "\n  The capital of France is Paris.\nIt is also its largest city."
     assert free_form_answer(said) == "The capital of France is Paris."
