@@ -153,11 +153,15 @@ def sft_train(model_or_path, examples: Sequence[Example], *, out_dir: Optional[s
     total = steps if steps is not None else max(1, int(math.ceil(epochs * per_epoch)))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup)))
+    partial = any(not p.requires_grad for p in model.parameters())
     model.train()
     rng, step, t0, losses, tokens = random.Random(seed), 0, time.perf_counter(), [], 0
     while step < total:
         for ids, attn, labels, weights in _batches(examples, batch_size, pad_id, rng, max_len):
-            loss = lm_loss(model, ids, attn, labels, weights)
+            # the head-only-where-learned path for partly frozen (pretrained) models; the tiny models keep the
+            # full-logits loss, whose float order their tests' learning bars were measured with
+            loss = (lm_loss(model, ids, attn, labels, weights) if partial else
+                    weighted_lm_loss(model(input_ids=ids, attention_mask=attn).logits, labels, weights))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
