@@ -1,9 +1,12 @@
 """A short GRPO run on an easy world must raise the training reward clearly.
 
-This is the suite's guard on the learning signal. Re-checked on 2026-12-06, one local branch per break
-(docs/experiments.md, "The learning test's breaks"): GRPO advantages with the sign flipped, a loss mask over
-every token (prompt and <information> included), no weight sync, and an engine that takes the new policy
-version but keeps its old weights each make it fail; the unbroken code passes with a clear margin.
+This is the suite's guard on the learning signal: 20 steps, and the mean training reward of the last 5 steps
+must exceed that of the first 5 by more than 0.13. Measured on 2026-12-07 with the pinned packages
+(constraints.txt; per-step rewards identical on this machine and on CI's), each break made in the driver
+(docs/experiments.md, "The learning test's breaks"): unbroken +0.183; the loss mask over every token +0.079;
+GRPO advantages with the sign flipped, no weight sync, and an engine that takes the new policy version but
+keeps its old weights all fall below +0.13. Ten steps, the earlier length, no longer learn with these
+packages (+0.04).
 """
 import json
 
@@ -37,7 +40,7 @@ def test_grpo_raises_training_reward_on_an_easy_world(ray_session, tmp_path):
         f"search.corpus={out}/world/corpus.jsonl", f"search.index_dir={out}/bm25", "search.topk=2",
         "rollout.n_samples=8", "rollout.max_turns=1", "rollout.max_turn_tokens=40", "rollout.max_obs_tokens=160",
         "rollout.max_context_tokens=512", "rollout.kv_cache_gb=0.25", "trainer.prompts_per_step=4",
-        "trainer.steps=10", f"trainer.output_dir={out}/run", "trainer.checkpoint_every=0", "trainer.sample_every=0",
+        "trainer.steps=20", f"trainer.output_dir={out}/run", "trainer.checkpoint_every=0", "trainer.sample_every=0",
         "algorithm.lr=3e-4", "algorithm.kl_coef=0.05", "algorithm.entropy_coef=0", "algorithm.micro_batch_size=32",
         "algorithm.reward=f1", "resources.policy_workers=1", "resources.num_cpus=8",
         f"tracking.uri=sqlite:///{out}/mlflow.db"])
@@ -50,6 +53,6 @@ def test_grpo_raises_training_reward_on_an_easy_world(ray_session, tmp_path):
     finally:
         tr.tracker.finish()
         tr.shutdown()
-    first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     print("rewards per step:", [round(r, 3) for r in rewards])
-    assert last > first + 0.08, f"GRPO did not raise the training reward: first {first:.3f}, last {last:.3f}"
+    assert last > first + 0.13, f"GRPO did not raise the training reward: first {first:.3f}, last {last:.3f}"
