@@ -81,15 +81,6 @@ def warm_start(cfg, base: str, out_dir: str, steps: int = 60, batch_size: int = 
     result = sft_train(model, examples, tokenizer=tok, steps=steps, lr=lr, batch_size=batch_size, warmup=5,
                        seed=seed, threads=2, out_dir=out_dir, progress=progress, label="warm-start", log_every=10,
                        max_len=cfg.rollout.max_context_tokens)
-    _copy_generation_config(base, out_dir)
     result.pop("model", None)
     return {**result, "demos": len(demos)}
 
-
-def _copy_generation_config(src: str, out_dir: str) -> None:
-    import os
-    import shutil
-
-    f = os.path.join(src, "generation_config.json")
-    if os.path.exists(f):
-        shutil.copy(f, os.path.join(out_dir, "generation_config.json"))
