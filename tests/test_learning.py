@@ -5,8 +5,7 @@ must exceed that of the first 5 by more than 0.13. Measured on 2026-12-07 with t
 (constraints.txt; per-step rewards identical on this machine and on CI's), each break made in the driver
 (docs/experiments.md, "The learning test's breaks"): unbroken +0.183; the loss mask over every token +0.079;
 GRPO advantages with the sign flipped, no weight sync, and an engine that takes the new policy version but
-keeps its old weights all fall below +0.13. Ten steps do not learn with these
-packages (+0.04).
+keeps its old weights all fall below +0.13. Ten steps do not learn with these packages (+0.04).
 """
 import json
 
