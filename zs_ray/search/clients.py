@@ -106,16 +106,8 @@ class HybridSearch(SearchBackend):
 def _bm25(search_cfg: dict, bm25_index, topk: int) -> BM25Search:
     if bm25_index is None:
         from zs_ray.search.retrieval import BM25Index
-        corpus, index_dir = search_cfg.get("corpus"), search_cfg.get("index_dir")
-        words = search_cfg.get("max_doc_words")
-        if corpus and index_dir:
-            bm25_index = BM25Index.load_or_build(corpus, index_dir, max_words=words)
-        elif index_dir:
-            bm25_index = BM25Index.load(index_dir, max_words=words)
-        elif corpus:
-            bm25_index = BM25Index.build(corpus, max_words=words)
-        else:
-            raise ValueError("BM25 search needs search.corpus or search.index_dir")
+        bm25_index = BM25Index.from_search_config(search_cfg.get("corpus"), search_cfg.get("index_dir"),
+                                                  search_cfg.get("max_doc_words"))
     return BM25Search(bm25_index, topk)
 
 

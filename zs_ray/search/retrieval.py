@@ -171,6 +171,19 @@ class BM25Index:
         index.save(index_dir)
         return index
 
+    @classmethod
+    def from_search_config(cls, corpus: Optional[str], index_dir: Optional[str],
+                           max_words: Optional[int] = None) -> "BM25Index":
+        """The index that search.corpus and search.index_dir name: both, the saved index if it was built from
+        that corpus (else built and saved); only the folder, the saved index; only the corpus, built in memory."""
+        if corpus and index_dir:
+            return cls.load_or_build(corpus, index_dir, max_words=max_words)
+        if index_dir:
+            return cls.load(index_dir, max_words=max_words)
+        if corpus:
+            return cls.build(corpus, max_words=max_words)
+        raise ValueError("BM25 search needs search.corpus or search.index_dir")
+
     # ---- search ----------------------------------------------------------------------------
 
     def search_with_ids(self, queries: list[str], k: int,

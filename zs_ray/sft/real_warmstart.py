@@ -67,9 +67,7 @@ def warm_start(cfg, base: str, out_dir: str, steps: int = 60, batch_size: int = 
     from zs_ray.sft.sft import encode_chat_example, sft_train
 
     s = cfg.search
-    index = (BM25Index.load_or_build(s.corpus, s.index_dir, max_words=s.max_doc_words) if s.corpus and s.index_dir
-             else BM25Index.load(s.index_dir, max_words=s.max_doc_words) if s.index_dir
-             else BM25Index.build(s.corpus, max_words=s.max_doc_words))
+    index = BM25Index.from_search_config(s.corpus, s.index_dir, s.max_doc_words)
     rows = load_dataset_files(list(cfg.data.train_files), split="train")
     demos = build_demos(rows, index, s.topk, steps * batch_size, seed)
     progress(f"[warm-start] {len(demos)} demonstrations from {len(rows)} training questions "
