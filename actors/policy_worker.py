@@ -227,22 +227,24 @@ class PolicyWorker:
 
         return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
+    def _trains_all(self) -> bool:
+        return all(p.requires_grad for p in self.model.parameters())
+
     def _synced_items(self) -> list:
         """(name, sharded tensor) of what the rollout engines must receive: the trainable parameters when
         model.trainable_layers froze the rest (the engines loaded the frozen ones from the same folder at
         start-up and they never change), else every tensor."""
         sd = self.model.state_dict()
+        if self._trains_all():
+            return list(sd.items())
         trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
-        if len(trainable) < sum(1 for _ in self.model.parameters()):
-            return [(k, v) for k, v in sd.items() if k in trainable]
-        return list(sd.items())
+        return [(k, v) for k, v in sd.items() if k in trainable]
 
     def sync_state_dict(self) -> dict:
         """What the engines need (see _synced_items), unsharded on rank 0 (CPU), {} on other ranks (all must call)."""
-        items = self._synced_items()
-        if len(items) == len(self.model.state_dict()):
+        if self._trains_all():
             return self.full_state_dict()
-        out = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu() for k, v in items}
+        out = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu() for k, v in self._synced_items()}
         return out if self.rank == 0 else {}
 
     def init_weight_sync(self, host: str, port: int, world_size: int, timeout_s: float) -> list:
