@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from zs_ray.config import SearchConfig, section_defaults
 from zs_ray.core.search import BM25Search, SearchBackend
+from zs_ray.core.simulator_prompts import MODES as SIMULATOR_MODES
 from zs_ray.search.base import SimulatorBase
 from zs_ray.search.http_search import OpenAISimulatorSearch, RetrieverSearch
 
@@ -133,7 +134,11 @@ def make_search_backend(search_cfg: dict, curriculum_cfg: Optional[dict] = None,
         return SimulatorSearch(handle if handle is not None else s["app_name"], mode=mode, share_identical=share,
                                **common)
 
-    if backend in ("simulate_prompt", "simulate_sft"):
+    def retriever(urls, on_failure: str = "no_information") -> RetrieverSearch:
+        return RetrieverSearch(urls or [], topk, timeout_s=common["timeout_s"], max_retries=common["max_retries"],
+                               backoff_s=common["backoff_s"], on_failure=on_failure)
+
+    if backend in SIMULATOR_MODES:
         return simulator(backend)
     if backend == "http":
         if not s["urls"]:
@@ -142,16 +147,14 @@ def make_search_backend(search_cfg: dict, curriculum_cfg: Optional[dict] = None,
     if backend == "bm25":
         return _bm25(s, bm25_index, topk)
     if backend == "retriever":
-        return RetrieverSearch(s["urls"] or [], topk, timeout_s=common["timeout_s"], max_retries=common["max_retries"],
-                               backoff_s=common["backoff_s"], on_failure=common["on_failure"])
+        return retriever(s["urls"], common["on_failure"])
     if backend == "hybrid":
         sim = simulator(s["simulator_mode"])
         fb = s["hybrid_fallback"]
         if fb == "bm25":
             real = _bm25(s, bm25_index, topk)
         elif fb == "retriever":
-            real = RetrieverSearch(s["retriever_urls"] or [], topk, timeout_s=common["timeout_s"],
-                                   max_retries=common["max_retries"], backoff_s=common["backoff_s"])
+            real = retriever(s["retriever_urls"])  # a failed fallback returns no documents, never raises
         else:
             raise ValueError(f"search.hybrid_fallback must be bm25 or retriever, got {fb!r}")
         return HybridSearch(sim, real, float(s["hybrid_threshold"]))
