@@ -129,6 +129,10 @@ class SimulatorServer:
             mean_lp = mean_logprob_of_kept(self.tokenizer, c["token_ids"], c["logprobs"], kept)
         return dict(docs=parsed.docs, mean_logprob=mean_lp, dropped_chars=parsed.dropped_chars, noisy=bool(noisy))
 
+    def check_health(self) -> None:
+        """Serve calls this every health_check_period_s; raising makes Serve replace the replica."""
+        self.engine.clock.check(self.cfg.get("stall_timeout_s"), f"simulator replica ({self.model_name})")
+
     def stats(self) -> dict:
         """requests served; max_in_flight: the most engine requests running at once (the largest batch)."""
         return dict(requests=self.requests, max_in_flight=self.max_in_flight, in_flight=self.in_flight)

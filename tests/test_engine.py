@@ -174,3 +174,31 @@ def test_a_partial_state_dict_changes_only_its_tensors_in_both_engines(engines, 
     finally:
         for e in (vl, hf):
             e.load_weights(perturbed, 5)  # the module's other tests expect the perturbed weights
+
+
+def test_the_step_clock_runs_only_during_a_step_and_tells_a_hung_one(engines):
+    """A replica's health check (actors/simulator.py check_health) fails only while one step runs too long."""
+    import time
+
+    from zs_ray.engines.engine import StepClock
+
+    vl, _ = engines
+    seen = []
+
+    async def go():
+        async def watch():
+            while not task.done():
+                seen.append(vl.clock.since is not None)
+                await asyncio.sleep(0)
+        task = asyncio.ensure_future(vl.generate(vl.tokenizer.encode(PROMPTS[0]), max_tokens=16, temperature=0.0))
+        await asyncio.gather(task, watch())
+    asyncio.run(go())
+    assert any(seen) and vl.clock.since is None  # set while a step ran, cleared after
+    vl.clock.check(1e-9)  # idle: never hung
+
+    clock = StepClock()
+    with clock.running():
+        time.sleep(0.05)
+        clock.check(None), clock.check(10.0)  # no limit / within it
+        with pytest.raises(RuntimeError, match=r"replica 7 is hung: one step has run .*stall_timeout_s = 0.01 s"):
+            clock.check(0.01, "replica 7")

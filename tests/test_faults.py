@@ -85,14 +85,18 @@ def test_rollout_worker_killed_mid_step_restarted_resynced_rerun(ray_session, sm
 # ---------------------------------------------------------------- 2. simulator replica killed / hanging
 def _sim_deployment():
     """A light simulator deployment (no LLM: the client's fault handling is under test), defined in a
-    function so Ray pickles it by value. `hang_marker`: the first replica to create it hangs forever."""
+    function so Ray pickles it by value. `hang_marker`: the first replica to create it hangs forever. Its
+    health check is the simulator's (a step running past `stall_s` fails it: StepClock)."""
     from ray import serve
+
+    from zs_ray.engines.engine import StepClock
 
     @serve.deployment(max_ongoing_requests=1, graceful_shutdown_timeout_s=1, health_check_period_s=1,
                       ray_actor_options={"num_cpus": 0.01})
     class FaultySimulator:
-        def __init__(self, hang_marker=None, always_hang=False, busy_s=0.0):
-            self.hang, self.busy_s, self.pid = always_hang, busy_s, os.getpid()
+        def __init__(self, hang_marker=None, always_hang=False, busy_s=0.0, stall_s=None):
+            self.hang, self.busy_s, self.stall_s, self.pid = always_hang, busy_s, stall_s, os.getpid()
+            self.clock = StepClock()
             if hang_marker:
                 try:
                     os.close(os.open(hang_marker, os.O_CREAT | os.O_EXCL))
@@ -101,9 +105,13 @@ def _sim_deployment():
                     pass
 
         def simulate(self, query, question, answer, noisy, k=5, mode="simulate_sft", confidence=False):
-            time.sleep(15 if self.hang else self.busy_s)  # a sync sleep: a hung request cannot be cancelled
+            with self.clock.running():  # a sync sleep: a hung request cannot be cancelled
+                time.sleep(15 if self.hang else self.busy_s)
             return {"docs": [f"{answer} is the answer to {query} (replica {self.pid})"][:k], "mean_logprob": -0.5,
                     "dropped_chars": 0, "noisy": bool(noisy)}
+
+        def check_health(self):
+            self.clock.check(self.stall_s, f"replica {self.pid}")
 
     return FaultySimulator
 
@@ -134,6 +142,11 @@ def _gather(coros):
     async def main():
         return await asyncio.gather(*coros)
     return asyncio.run(main())
+
+
+def _replica_names(app, ray_session) -> set:
+    return {a["name"] for a in ray_session.util.list_named_actors(all_namespaces=True)
+            if "SERVE_REPLICA" in a["name"] and app in a["name"]}
 
 
 @pytest.mark.integration
@@ -169,16 +182,23 @@ def test_simulator_hang_times_out_retries_healthy_replica_then_falls_back(ray_se
     from zs_ray.search.clients import SimulatorSearch
     from zs_ray.train.step_metrics import search_call_metrics
 
-    # one of two replicas hangs: its calls time out and are retried (with backoff). A timed-out call is
-    # cancelled, so the hung replica looks idle again and Serve's router picks either replica at random: each
-    # attempt lands on the hung one with p ~ 1/2, and 8 retries bound a call's failure chance by 2^-9 (with 3
-    # retries a call failed with p ~ 1/16, and a fresh-clone CI run hit it).
-    handle = serve_apps("zs_fault_half", 2, hang_marker=str(tmp_path / "hang"), busy_s=0.1)
+    # one of two replicas hangs: its calls time out, are cancelled and retried (with backoff). A cancelled call
+    # frees its slot, so to Serve's router the hung replica looks idle and it takes retries too (more often than
+    # one in two, measured). What ends it is the replica's health check (StepClock: a step running past
+    # stall_s): Serve replaces the hung replica, and the retries reach a healthy one.
+    handle = serve_apps("zs_fault_half", 2, hang_marker=str(tmp_path / "hang"), busy_s=0.1, stall_s=1.5)
+    before = _replica_names("zs_fault_half", ray_session)
     s = SimulatorSearch(handle, topk=2, timeout_s=2.0, max_retries=8, backoff_s=0.05)
     res = _gather([s.search(f"q{i}", "Q", ["gold"], call_key=str(i)) for i in range(4)])
     m = s.metrics()
     assert all(not r.failed and r.docs for r in res) and m["search/simulator/failures"] == 0, m
     assert m["search/simulator/retries"] >= 1, m
+    for _ in range(40):  # the hung replica was replaced (by now, or within seconds)
+        after = _replica_names("zs_fault_half", ray_session)
+        if len(after) == 2 and len(before & after) == 1:
+            break
+        time.sleep(0.5)
+    assert len(before) == 2 and len(before & after) == 1 and len(after) == 2, (before, after)
 
     # every replica hangs: bounded time, then the configured fallback (no-information text, counted)
     hung = serve_apps("zs_fault_hung", 1, always_hang=True)

@@ -68,6 +68,8 @@ class SearchConfig:
     hybrid_threshold: float = -2.5  # mean token log-prob below which hybrid falls back
     on_failure: str = "no_information"  # or "error"
     max_query_chars: int = 512
+    # a simulator replica whose engine step has run this long fails Serve's health check and is replaced (None: never)
+    stall_timeout_s: Optional[float] = 300.0
     # simulators: identical calls in one training step (same query, question, answer and noise coin) share one
     # generation, as a real engine returns one page per query: a warm-started policy's GRPO group repeats its
     # query (~60 % of calls), and the group's rewards then differ by what the policy did, not by which sample of

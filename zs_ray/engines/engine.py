@@ -23,6 +23,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
@@ -52,6 +53,31 @@ def _check_device(device: str) -> None:
                            "(use resources.device=cpu, or install a CUDA build of torch/vLLM)")
 
 
+class StepClock:
+    """When the engine's current step began, to tell a busy engine from a hung one (a stuck kernel, a deadlocked
+    collective): one step is milliseconds to seconds, so a step running past `limit_s` means the engine is hung.
+    A Serve replica calls `check` from its health check, and Serve replaces a replica whose check fails. The
+    callers' timeouts cannot see this: a cancelled call frees its slot at once, so to Serve's router the hung
+    replica looks idle and takes the next requests (measured: retries land on it more often than by chance)."""
+
+    def __init__(self):
+        self.since: Optional[float] = None
+
+    @contextmanager
+    def running(self):
+        self.since = time.monotonic()
+        try:
+            yield
+        finally:
+            self.since = None
+
+    def check(self, limit_s: Optional[float], what: str = "engine") -> None:
+        since = self.since
+        if limit_s and since is not None and time.monotonic() - since > limit_s:
+            raise RuntimeError(f"{what} is hung: one step has run {time.monotonic() - since:.0f} s, more than "
+                               f"search.stall_timeout_s = {limit_s:g} s")
+
+
 class _SerialEngine:
     """Shared plumbing: one worker thread owns the model, so generation and weight reloads never overlap."""
 
@@ -65,6 +91,7 @@ class _SerialEngine:
         self._task: Optional[asyncio.Task] = None
         self._ids = itertools.count()
         self._futs: dict = {}  # vLLM request id -> future of a request inside the engine (vLLM only)
+        self.clock = StepClock()
 
     async def _submit(self, request) -> Generation:
         loop = asyncio.get_running_loop()
@@ -79,7 +106,8 @@ class _SerialEngine:
         loop = asyncio.get_running_loop()
         while self._pending or self._futs:  # checked between steps, while the engine thread is idle
             try:
-                done = await loop.run_in_executor(self._executor, self._step)
+                with self.clock.running():
+                    done = await loop.run_in_executor(self._executor, self._step)
             except Exception as e:  # the engine broke: fail every waiter instead of hanging them
                 self._fail_all(e)
                 return
