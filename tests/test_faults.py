@@ -2,36 +2,20 @@
 
 Covered (docs/reliability.md has the table): a rollout worker killed mid-step, a simulator replica
 killed or hanging, a policy worker killed, the driver SIGKILLed between checkpoints, a checkpoint
-write interrupted halfway, MLflow unreachable / its store unwritable.
+write interrupted halfway, MLflow unreachable / its store unwritable / its server down and back. All of them
+in one run: tests/test_chaos.py (zs-ray chaos).
 """
 import asyncio
 import json
 import logging
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 from test_trainer import make_cfg, small_world  # noqa: F401  (module-scoped fixture: one small world here)
 
+from zs_ray.bench.chaos import Driver, expected_consumed
 from zs_ray.runtime import free_port
-
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-
-
-def _expected_consumed(cfg, steps: int) -> list:
-    """What an uninterrupted run consumes: the prompt ids of steps 0..steps-1 (zs_ray.core.schedule)."""
-    from zs_ray.core.schedule import prompts_for_step
-    from zs_ray.data.qa import load_dataset_files
-
-    rows = load_dataset_files(list(cfg.data.train_files), split="train")
-    out = []
-    for s in range(steps):
-        idx = prompts_for_step(len(rows), s, cfg.trainer.prompts_per_step, cfg.trainer.seed, cfg.data.shuffle)
-        out.extend(sorted({rows[i]["prompt_id"] for i in idx}))
-    return out
 
 
 def _fingerprint(sd: dict) -> dict:
@@ -76,7 +60,7 @@ def test_rollout_worker_killed_mid_step_restarted_resynced_rerun(ray_session, sm
     for rec in trained:  # a full batch every step, every sample from the current weights (nothing stale)
         assert len(rec["ids"]) == n and set(rec["versions"]) == {rec["version"]} == {rec["step"]}, rec
     # the lost part was re-run with the same prompts: step 1 trained exactly its scheduled prompts
-    exp = _expected_consumed(cfg, 3)
+    exp = expected_consumed(cfg, 3)
     per = cfg.trainer.prompts_per_step
     assert sorted(set(trained[1]["ids"])) == exp[per:2 * per]
     assert "staleness/0" in last and not any(k.startswith("staleness/") and k != "staleness/0" for k in last)
@@ -256,7 +240,7 @@ def test_policy_worker_killed_stops_clearly_then_resumes(ray_session, small_worl
         again.shutdown()
     assert any("resumed from" in m and "next step 1" in m for m in msgs)
     assert last["policy/version"] == 3
-    assert ckpt.load_driver_state(ckpt.latest(root))["consumed"] == _expected_consumed(cfg, 3)
+    assert ckpt.load_driver_state(ckpt.latest(root))["consumed"] == expected_consumed(cfg, 3)
 
 
 @pytest.mark.integration
@@ -284,20 +268,6 @@ def test_policy_worker_dead_at_weight_sync_is_reported_as_the_policy(ray_session
 
 
 # ---------------------------------------------------------------- 4. driver SIGKILLed between checkpoints
-def _kill_tree_by_marker(marker: str) -> int:
-    """SIGKILL every process whose environment carries `marker` (the driver and the Ray it started)."""
-    n = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if marker.encode() in f.read().split(b"\0"):
-                    os.kill(int(pid), signal.SIGKILL)
-                    n += 1
-        except (OSError, ProcessLookupError):
-            pass
-    return n
-
-
 @pytest.mark.integration
 def test_driver_sigkill_then_resume_consumes_each_prompt_once(ray_session, small_world, tmp_path):  # noqa: F811
     from zs_ray.config import save_config
@@ -309,28 +279,18 @@ def test_driver_sigkill_then_resume_consumes_each_prompt_once(ray_session, small
     cfg = make_cfg(small_world, out, *extra)
     cfg_path = os.path.join(out, "train.yaml")
     save_config(cfg, cfg_path)
-    tmp = f"/tmp/zsr_kill_{os.getpid()}_{int(time.time())}"  # this driver's own Ray (short: socket paths)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(ZS_RAY_TMP=tmp, PYTHONUNBUFFERED="1")
-    log_path = os.path.join(out, "driver.log")
     root = os.path.join(out, "run", "checkpoints")
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "jobs/train.py", cfg_path], cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    driver = Driver(cfg_path, os.path.join(out, "driver.log"))  # its own Ray, found by its marker
     try:
         deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:  # checkpoint 2 written: step 3 is under way
+        while time.time() < deadline and driver.proc.poll() is None:  # checkpoint 2 written: step 3 is under way
             if ckpt.latest(root):
                 break
             time.sleep(0.05)
-        assert proc.poll() is None, open(log_path).read()[-3000:]
-        assert ckpt.latest(root).endswith("step_000002"), open(log_path).read()[-3000:]
-        os.kill(proc.pid, signal.SIGKILL)  # the driver only; its Ray is cleaned up below
-        proc.wait(timeout=30)
+        assert driver.proc.poll() is None, driver.log()[-3000:]
+        assert ckpt.latest(root).endswith("step_000002"), driver.log()[-3000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        _kill_tree_by_marker(f"ZS_RAY_TMP={tmp}")
+        driver.kill()  # SIGKILL: the driver, then its Ray
     assert not os.path.exists(os.path.join(root, "step_000003"))
     at_kill = ckpt.load_driver_state(ckpt.latest(root))
     assert at_kill["step"] == 2
@@ -340,7 +300,7 @@ def test_driver_sigkill_then_resume_consumes_each_prompt_once(ray_session, small
     assert any("resumed from" in m and "next step 2" in m for m in msgs), msgs
     final = ckpt.load_driver_state(ckpt.latest(root))
     assert final["step"] == 3
-    assert final["consumed"] == _expected_consumed(cfg, 3)  # none twice, none skipped
+    assert final["consumed"] == expected_consumed(cfg, 3)  # none twice, none skipped
     assert final["consumed"][:len(at_kill["consumed"])] == at_kill["consumed"]
     assert final["noise_p"] == at_kill["noise_p"] == 0.0  # bm25 run: no simulator noise; the step decides it
 
@@ -380,7 +340,7 @@ def test_interrupted_checkpoint_keeps_previous_and_resumes_from_it(ray_session, 
         tr.tracker.finish()
         tr.shutdown()
     assert ckpt.latest(root).endswith("step_000002") and not os.path.exists(os.path.join(root, "step_000002.tmp"))
-    assert ckpt.load_driver_state(ckpt.latest(root))["consumed"] == _expected_consumed(cfg, 2)
+    assert ckpt.load_driver_state(ckpt.latest(root))["consumed"] == expected_consumed(cfg, 2)
 
 
 # ---------------------------------------------------------------- 6. MLflow unreachable / store unwritable
@@ -388,7 +348,8 @@ def test_interrupted_checkpoint_keeps_previous_and_resumes_from_it(ray_session, 
 def test_mlflow_unreachable_training_goes_on(ray_session, small_world, tmp_path, caplog):  # noqa: F811
     from zs_ray.train.trainer import run
 
-    cfg = make_cfg(small_world, str(tmp_path), "trainer.steps=2", f"tracking.uri=http://127.0.0.1:{free_port()}")
+    cfg = make_cfg(small_world, str(tmp_path), "trainer.steps=2", f"tracking.uri=http://127.0.0.1:{free_port()}",
+                   "tracking.finish_wait_s=3")
     msgs = []
     t = time.perf_counter()
     with caplog.at_level(logging.WARNING, logger="zs_ray.train.tracking"):
@@ -401,6 +362,46 @@ def test_mlflow_unreachable_training_goes_on(ray_session, small_world, tmp_path,
     assert len(warned) == 1  # logged once, then counted
 
 
+@pytest.mark.integration
+def test_mlflow_server_down_then_back_loses_no_metrics_and_a_resume_continues_the_run(tmp_path):
+    """Metrics logged while the server is down wait and are sent, with their own steps, once it answers again;
+    a resumed run (run_id from its checkpoint) logs on into the same run and keeps the params it started with."""
+    import mlflow
+
+    from zs_ray.bench.chaos import MlflowServer
+    from zs_ray.config import load_config
+    from zs_ray.train.tracking import Tracker
+
+    srv = MlflowServer(str(tmp_path / "mlflow"))
+    srv.start()
+    try:
+        base = ["model.policy_path=x", "search.backend=bm25", "search.corpus=c.jsonl",
+                f"trainer.output_dir={tmp_path}/run", f"tracking.uri={srv.uri}", "tracking.experiment=outage"]
+        t = Tracker(load_config(None, base))
+        t.log_metrics({"x": 1.0}, step=1)
+        srv.kill()
+        t.log_metrics({"x": 2.0}, step=2)
+        t.log_metrics({"x": 3.0}, step=3)
+        assert len(t.pending) == 2 and t.failures >= 2 and t.run_id
+        srv.start()
+        t.log_metrics({"x": 4.0}, step=4)
+        assert not t.pending
+        t.finish()
+        assert (t.lost, t.resent) == (0, 2) and "sent late" in t.summary() and "none lost" in t.summary()
+
+        again = Tracker(load_config(None, base + ["trainer.resume=auto"]), run_id=t.run_id)
+        again.log_metrics({"x": 5.0}, step=5)
+        again.finish()
+        assert again.run_id == t.run_id and again.failures == 0
+        client = mlflow.MlflowClient(srv.uri)
+        run = client.get_run(t.run_id)
+        assert run.info.status == "FINISHED" and run.data.params["trainer.resume"] == "never"
+        hist = sorted((m.step, m.value) for m in client.get_metric_history(t.run_id, "x"))
+        assert hist == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 5.0)], hist
+    finally:
+        srv.kill()
+
+
 def test_tracking_store_unwritable_is_counted_not_raised(tmp_path, caplog):
     """Disk full / read-only store: the Tracker never raises; failures are counted and summarised."""
     from zs_ray.config import load_config
@@ -408,7 +409,7 @@ def test_tracking_store_unwritable_is_counted_not_raised(tmp_path, caplog):
 
     cfg = load_config(None, ["model.policy_path=x", "search.backend=bm25", "search.corpus=c.jsonl",
                              f"trainer.output_dir={tmp_path}/run",
-                             "tracking.uri=sqlite:////proc/zs_ray_no_such_dir/mlflow.db"])
+                             "tracking.uri=sqlite:////proc/zs_ray_no_such_dir/mlflow.db", "tracking.finish_wait_s=0"])
     with caplog.at_level(logging.WARNING, logger="zs_ray.train.tracking"):
         t = Tracker(cfg)
         for step in range(3):

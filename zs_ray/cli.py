@@ -14,6 +14,7 @@ COMMANDS = {
     "eval": ("jobs.evaluate", "evaluate a policy: zs-ray eval CONFIG.yaml [key=value ...]"),
     "serve": ("jobs.serve", "serve the trained agent: zs-ray serve CONFIG.yaml [key=value ...]"),
     "bench": ("jobs.bench", "benchmarks: zs-ray bench [--quick]"),
+    "chaos": ("jobs.chaos", "kill a run's parts at random steps, check nothing was lost: zs-ray chaos [--steps N]"),
     "experiment": ("jobs.experiment", "the paper's table in miniature: zs-ray experiment table"),
     "models": ("jobs.models", "import a GGUF checkpoint as an HF folder: zs-ray models import [--gguf PATH] [--out DIR]"),
     "warmstart": ("jobs.warmstart", "format warm start of a pretrained model on real questions: zs-ray warmstart CONFIG"),

@@ -200,6 +200,8 @@ class TrackingConfig:
     experiment: str = "zs-ray"
     run_name: Optional[str] = None
     enabled: bool = True
+    # at the run's end, how long to keep retrying metrics that wait for an unreachable store before counting them lost
+    finish_wait_s: float = 60.0
 
 
 @dataclass

@@ -62,8 +62,10 @@ class Trainer:
 
         # STRICT_PACK for each FSDP group, SPREAD for rollout workers; a clear error names missing resources.
         self.placement = plan(cfg)
-        self.tracker = Tracker(cfg)
         self.ckpt_root = os.path.join(self.out, "checkpoints")
+        resume_from = self._resume_path()  # a resumed run logs on into its MLflow run, unsent metrics first
+        saved = ckpt.load_driver_state(resume_from) if resume_from else {}
+        self.tracker = Tracker(cfg, run_id=saved.get("mlflow_run_id"), pending=saved.get("mlflow_pending"))
         self.curriculum_steps = cfg.curriculum.total_steps or cfg.trainer.steps
         r, a, m = cfg.resources, cfg.algorithm, cfg.model
         algo, model = {**to_dict(a), "total_steps": cfg.trainer.steps}, to_dict(m)  # for the lr schedule
@@ -127,8 +129,7 @@ class Trainer:
         """Continue from the checkpoint trainer.resume names (auto: the latest; never: none): weights, step,
         policy version and consumed prompts; the rollout workers then get those weights."""
         self.launched.clear()  # what was launched before was for the old position
-        mode = self.cfg.trainer.resume
-        path = ckpt.latest(self.ckpt_root) if mode == "auto" else (None if mode == "never" else mode)
+        path = self._resume_path()
         if not path:
             return
         state = ckpt.load_driver_state(path)
@@ -138,6 +139,10 @@ class Trainer:
         self.step, self.version, self.consumed = state["step"], state["version"], state["consumed"]
         self.progress(f"resumed from {path}: next step {self.step}, policy version {self.version}")
         self.sync_weights()
+
+    def _resume_path(self) -> Optional[str]:
+        mode = self.cfg.trainer.resume
+        return ckpt.latest(self.ckpt_root) if mode == "auto" else (None if mode == "never" else mode)
 
     # ---------------------------------------------------------------- rollout and sync
     def launch_rollouts(self, gen_step: int) -> PendingRollout:
@@ -196,7 +201,7 @@ class Trainer:
             raise
         self.export_policy(os.path.join(self.out, "policy_hf"))
         self.tracker.finish()
-        last["tracking_failures"] = self.tracker.failures
+        last["tracking_failures"], last["tracking_lost"] = self.tracker.failures, self.tracker.lost
         return last
 
     def next_step(self, launch_until: Optional[int] = None) -> dict:
@@ -249,6 +254,7 @@ class Trainer:
         metrics = step_metrics(fresh, stats, stale_hist, times, noise_p=self.noise_p(self.step - 1),
                                rollout_restarts=self.rollout.restarts, policy_version=self.version)
         metrics.update(ties)  # groups whose rewards all tie: no GRPO gradient
+        metrics["staleness/trained_max"] = max((step - t["policy_version"] for t in fresh), default=0)
         metrics["batch/trained"] = 0 if batch is None else int(batch["input_ids"].shape[0])
         metrics["time/step"] = t_gen + times.reward + times.update + (time.perf_counter() - t2)
         self._log_and_checkpoint(metrics, fresh)
@@ -318,7 +324,8 @@ class Trainer:
                 self.critic.save_checkpoint(os.path.join(d, "critic"))
 
         state = {"step": self.step, "version": self.version, "consumed": self.consumed,
-                 "noise_p": self.noise_p(self.step)}
+                 "noise_p": self.noise_p(self.step), "mlflow_run_id": self.tracker.run_id or self.tracker.resume_id,
+                 "mlflow_pending": self.tracker.pending}  # metrics the store has not taken yet
         path = ckpt.save(self.ckpt_root, self.step, state, parts, self.cfg.trainer.keep_checkpoints)
         self.progress(f"[ckpt] {path}")
         return path
