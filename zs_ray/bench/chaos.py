@@ -9,7 +9,7 @@ At random steps (seeded), each in its own fifth of the run:
   4. the driver and its Ray are SIGKILLed just after a checkpoint, and the run is resumed (trainer.resume=auto).
 Then it checks what an unfaulted run would show:
   - the prompts consumed are exactly an unfaulted run's, in order (none twice, none skipped);
-  - no trained sample is older than trainer.staleness policy versions (`staleness/trained_max` at every step);
+  - no trained sample is older than trainer.staleness policy versions (`batch/max_staleness` at every step);
   - one MLflow run, FINISHED, holds every step's metrics (sent late if the server was down).
 It prints what it did and found, writes chaos.json, and exits 1 when a check fails. Processes are found by an
 environment marker, as an operator would find them, not through the driver's own handles.
@@ -256,7 +256,7 @@ def check(cfg, steps: int, uri: str, ckpt_root: str, drivers: list, done: dict, 
     hist = {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, "reward/mean")} if runs else {}
     checks["every step's metrics in it"] = (set(range(1, steps + 1)) <= set(hist),
                                             f"steps logged: {len(set(hist) & set(range(1, steps + 1)))} of {steps}")
-    stale = [m.value for m in client.get_metric_history(runs[0].info.run_id, "staleness/trained_max")] if runs else []
+    stale = [m.value for m in client.get_metric_history(runs[0].info.run_id, "batch/max_staleness")] if runs else []
     checks["no trained sample beyond the staleness bound"] = (
         bool(stale) and max(stale) <= cfg.trainer.staleness,
         f"max trained staleness {max(stale) if stale else None} (bound {cfg.trainer.staleness})")

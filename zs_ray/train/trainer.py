@@ -254,7 +254,7 @@ class Trainer:
         metrics = step_metrics(fresh, stats, stale_hist, times, noise_p=self.noise_p(self.step - 1),
                                rollout_restarts=self.rollout.restarts, policy_version=self.version)
         metrics.update(ties)  # groups whose rewards all tie: no GRPO gradient
-        metrics["staleness/trained_max"] = max((step - t["policy_version"] for t in fresh), default=0)
+        metrics["batch/max_staleness"] = max((step - t["policy_version"] for t in fresh), default=0)
         metrics["batch/trained"] = 0 if batch is None else int(batch["input_ids"].shape[0])
         metrics["time/step"] = t_gen + times.reward + times.update + (time.perf_counter() - t2)
         self._log_and_checkpoint(metrics, fresh)
