@@ -1,6 +1,7 @@
 """`zs-ray chaos [--steps 30] [--seed 0] [--out runs/chaos]`: one training run during which a rollout worker, a
 simulator replica, the MLflow server and the driver are each killed at a random step; then checks that it ended
-as an unfaulted run would (zs_ray/bench/chaos.py). Exit 1 when a check fails. ~1 min per step on 2 CPU cores."""
+as an unfaulted run would (zs_ray/bench/chaos.py). Exit 1 when a check fails. On 2 CPU cores a 6-step run
+took 5.6 min (2026-12-07), most of it starting and restarting engines; a step without a fault takes ~4 s."""
 import argparse
 import os
 import sys
