@@ -81,11 +81,17 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 120) -> None:
+        self.launch()
+        self.wait_healthy(timeout_s)
+
+    def launch(self) -> None:
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
                "--artifacts-destination", f"{self.root}/artifacts", "--workers", "1"]
         with open(os.path.join(self.root, "server.log"), "a") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_healthy(self, timeout_s: float = 120) -> None:
         deadline = time.time() + timeout_s
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -215,13 +221,14 @@ def run_chaos(out: str, steps: int = 30, seed: int = 0, timeout_s: float = 3600,
                 if name in done:
                     progress(f"[chaos] killed the {name} after step {now}: {done[name][1]}")
             if mlflow_back_at is not None and drivers[-1].step() >= mlflow_back_at:
-                server.start()
+                server.launch()  # not waited for: under training load it takes tens of seconds to answer
                 mlflow_back_at = None
-                progress(f"[chaos] mlflow server started again after step {drivers[-1].step()}")
+                progress(f"[chaos] mlflow server starting again after step {drivers[-1].step()}")
             time.sleep(0.2)
         if mlflow_back_at is not None:  # the run ended while the server was down: its finish had nothing to talk to
-            server.start()
+            server.launch()
         rc = drivers[-1].proc.wait(timeout=max(1.0, deadline - time.time()))
+        server.wait_healthy()
         result = check(cfg, steps, server.uri, ckpt_root, drivers, done, plan, rc)
     finally:
         for d in drivers:
