@@ -80,17 +80,18 @@ class Tracker:
         run_id = os.environ.get("MLFLOW_RUN_ID") or self.resume_id
         name, tags = run_identity(cfg, self.stage)
         run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=name)
+        self.run_id = run.info.run_id  # open from here: a failure below is counted, not retried as a second start
         mlflow.set_tags(tags)  # an attached run (MLFLOW_RUN_ID) keeps its name but gets the tags
         params = {k: ("" if v is None else str(v))[:500] for k, v in flatten(redacted(cfg)).items()}
         # MLflow params are write-once: an attached run keeps the values it started with (a resumed run's
         # trainer.resume differs) and gets only the keys it lacks
+        first = not run.data.params  # a new run, or one a job submitter made for us: it needs the config
         params = {k: v for k, v in params.items() if k not in run.data.params}
         items = list(params.items())
         for i in range(0, len(items), 90):  # MLflow caps params per batch call
             mlflow.log_params(dict(items[i:i + 90]))
-        if not run_id:
+        if first:
             mlflow.log_dict(redacted(cfg), "config.yaml")
-        self.run_id = run.info.run_id
         return self.run_id
 
     def _ready(self) -> bool:
