@@ -113,3 +113,41 @@ def test_grpo_steps_on_real_questions_keep_tokens_masks_and_logprobs_exact(ray_s
     finally:
         tr.shutdown()
 
+
+
+def test_simulator_fine_tuned_on_real_passages_and_measured_beside_the_prompted_one(smollm2, real_data, tmp_path):
+    """`zs-ray simulator train` on real data: (query, real BM25 passages) pairs from training questions, labelled
+    useful when they hold a gold answer, balanced; a few SFT steps of SmolLM2's top layers; then `zs-ray
+    simulator eval` of the prompted instruct model on the same held-out questions."""
+    import datasets
+    from safetensors.torch import load_file
+
+    from jobs.train_simulator import main
+    from zs_ray.sft.simulator_data import NOISY, USEFUL, contains_answer
+
+    model, _ = smollm2
+    sim = tmp_path / "sim"
+    args = [os.path.join(os.path.dirname(__file__), "..", "configs", "real_smollm2.yaml"),
+            f"model.policy_path={model}", f"data.train_files=[{real_data}/train.parquet]",
+            f"search.corpus={real_data}/corpus.jsonl", f"search.index_dir={real_data}/bm25",
+            f"search.simulator_model={model}", f"simulator_sft.base_model={model}", f"simulator_sft.output_dir={sim}",
+            "simulator_sft.max_questions=40", "simulator_sft.steps=2", "simulator_sft.batch_size=2",
+            "simulator_sft.trainable_layers=2", "simulator_sft.eval_questions=2", "simulator_sft.eval_max_tokens=16",
+            "simulator_sft.threads=1"]
+    res = main(["train", *args])
+    rows = datasets.load_dataset("parquet", data_files=res["data"], split="train").to_list()
+    labels = [r["label"] for r in rows]
+    assert labels.count(USEFUL) == labels.count(NOISY) > 0  # balanced
+    for r in rows:  # useful results lead with a passage holding the answer; noisy ones hold none
+        assert contains_answer(r["docs"][0], r["targets"]) == (r["label"] == USEFUL)
+        assert r["label"] == USEFUL or not contains_answer(" ".join(r["docs"]), r["targets"])
+    base, tuned = load_file(f"{model}/model.safetensors"), load_file(f"{sim}/model/model.safetensors")
+    assert torch.equal(base["model.layers.0.self_attn.q_proj.weight"], tuned["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(base["model.layers.29.mlp.up_proj.weight"], tuned["model.layers.29.mlp.up_proj.weight"])
+    assert res["eval_n"] == 2 and 0.0 <= res["eval_useful_hit"] <= 1.0 and (sim / "eval.json").exists()
+
+    ev = main(["eval", *args, "--mode", "simulate_prompt"])
+    assert ev["n"] == 2 and 0.0 <= ev["noisy_hit"] <= 1.0
+    assert (sim / "eval_simulate_prompt.json").exists()
+    with pytest.raises(SystemExit, match="search.simulator_model"):
+        main(["eval", *args, "--mode", "simulate_prompt", f"search.simulator_model={tmp_path}/none"])

@@ -220,6 +220,7 @@ class SimulatorSFTConfig:
     answer_aware: bool = True  # + a pair per question led by the passages stating its answer (multi-hop useful results)
     hop_aware: bool = False  # questions with `hops`: label each query by the hop it asks (simulator_data.pairs_from_corpus)
     answer_weight: float = 1.0  # loss weight of the tokens that copy the answer into useful documents (1 = plain SFT)
+    trainable_layers: Optional[int] = None  # a pretrained base: only its top N decoder layers learn (None: all)
     steps: int = 300
     batch_size: int = 16
     lr: float = 1e-3  # tiny models; the paper used 1e-6 for 3B-14B
@@ -228,6 +229,8 @@ class SimulatorSFTConfig:
     grad_clip: float = 1.0
     eval_questions: int = 100
     eval_temperature: float = 0.8
+    eval_max_tokens: int = 200  # room for topk documents of max_doc_words words each
+    eval_engine: str = "hf"  # hf (HF generate) or vllm (the engine that serves the simulator; ~3x faster on 135M)
     threads: int = 2
     seed: int = 0
 
