@@ -60,17 +60,20 @@ def test_runs_are_named_and_tagged_by_what_they_are(tmp_path):
                              "trainer.seed=3", f"trainer.output_dir={tmp_path}/run", f"tracking.uri={uri}"])
     other = load_config(None, ["model.policy_path=x", "search.backend=bm25", "search.corpus=c.jsonl",
                                "algorithm.name=ppo", f"tracking.uri={uri}", "tracking.run_name=my-run"])
-    for c, stage in ((cfg, "train"), (cfg, "eval-agent"), (other, "train")):  # one active MLflow run at a time
+    trained = load_config(None, ["model.policy_path=runs/q/grpo_a/policy_hf", "search.simulator_model=sim",
+                                 "trainer.seed=3", f"tracking.uri={uri}"])
+    for c, stage in ((cfg, "train"), (cfg, "eval-agent"), (trained, "eval-agent"), (other, "train")):
         t = Tracker(c, stage=stage)
         t.finish()
         assert t.failures == 0
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], filter_string="tags.`zs_ray.seed` = '3'")
     by_name = {r["tags.mlflow.runName"]: r for _, r in runs.iterrows()}
-    assert set(by_name) == {"train-grpo-simulate_sft-s3", "eval-agent-grpo-simulate_sft-s3"}
+    # an evaluation is named by the policy it measures; a generic export folder keeps its run's name
+    assert set(by_name) == {"train-grpo-simulate_sft-s3", "eval-agent-policy_warm", "eval-agent-grpo_a/policy_hf"}
     r = by_name["train-grpo-simulate_sft-s3"]
     assert (r["tags.zs_ray.stage"], r["tags.zs_ray.algorithm"], r["tags.zs_ray.search"], r["tags.zs_ray.model"]) == (
         "train", "grpo", "simulate_sft", "policy_warm")
-    assert by_name["eval-agent-grpo-simulate_sft-s3"]["tags.zs_ray.stage"] == "eval-agent"
+    assert by_name["eval-agent-policy_warm"]["tags.zs_ray.stage"] == "eval-agent"
     ppo = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], filter_string="tags.`zs_ray.algorithm` = 'ppo'")
     assert list(ppo["tags.mlflow.runName"]) == ["my-run"] and list(ppo["tags.zs_ray.search"]) == ["bm25"]

@@ -39,14 +39,26 @@ def set_experiment(uri: str, name: str) -> None:
     mlflow.set_experiment(name)
 
 
+def policy_label(path: str) -> str:
+    """The policy folder's name, with its parent where the name is a generic export (runs/a/policy_hf ->
+    a/policy_hf), so evaluations of different runs' policies have different names."""
+    parts = [x for x in str(path).rstrip("/").split("/") if x]
+    if len(parts) > 1 and parts[-1] in ("policy_hf", "final", "model"):
+        return "/".join(parts[-2:])
+    return parts[-1] if parts else str(path)
+
+
 def run_identity(cfg, stage: str = "train") -> tuple[str, dict[str, str]]:
     """(run name, tags) saying what a run is, so runs read and filter by it in the MLflow UI rather than by a
-    random name: `<stage>-<algorithm>-<search backend>-s<seed>` unless tracking.run_name is set, and the tags
-    zs_ray.stage / algorithm / search / seed / model (the policy folder's name)."""
+    random name, unless tracking.run_name is set: `<stage>-<algorithm>-<search backend>-s<seed>` for training,
+    `<stage>-<policy>` for an evaluation (what it measures is the policy; its search is in its params and header),
+    and the tags zs_ray.stage / algorithm / search / seed / model (`policy_label`)."""
     algo, search, seed = cfg.algorithm.name, cfg.search.backend, cfg.trainer.seed
+    model = policy_label(cfg.model.policy_path)
     tags = {"zs_ray.stage": stage, "zs_ray.algorithm": algo, "zs_ray.search": search, "zs_ray.seed": str(seed),
-            "zs_ray.model": os.path.basename(str(cfg.model.policy_path).rstrip("/"))}
-    return cfg.tracking.run_name or f"{stage}-{algo}-{search}-s{seed}", tags
+            "zs_ray.model": model}
+    name = f"{stage}-{model}" if stage.startswith("eval") else f"{stage}-{algo}-{search}-s{seed}"
+    return cfg.tracking.run_name or name, tags
 
 
 class Tracker:
