@@ -234,6 +234,9 @@ def run_chaos(out: str, steps: int = 30, seed: int = 0, timeout_s: float = 3600,
         for d in drivers:
             d.kill()
         server.kill()
+    # the server is gone now; its store stays
+    result["tracking"] = (f"{result['tracking'] or 'MLflow:'} The server has stopped; its store: mlflow ui "
+                          f"--backend-store-uri sqlite:///{server.root}/mlflow.db --host 127.0.0.1")
     with open(os.path.join(out, "chaos.json"), "w") as f:
         json.dump(result, f, indent=1)
     for line in report(result):

@@ -195,6 +195,8 @@ class Tracker:
                     f"incomplete ({self.lost} metric step(s) or artifact(s) lost)")
         late = (f"; {self.resent} metric step(s) sent late after {self.failures} failed call(s), none lost"
                 if self.failures else "")
+        if self.uri.startswith(("http://", "https://")):  # a tracking server: its own UI is at that address
+            return f"MLflow: run {self.run_id} at {self.uri}{late} (open {self.uri} in a browser)"
         return (f"MLflow: run {self.run_id} at {self.uri}{late} (open with: mlflow ui --backend-store-uri {self.uri} "
                 f"--host 127.0.0.1)")
 
