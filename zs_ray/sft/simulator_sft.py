@@ -217,9 +217,8 @@ def evaluate_and_report(model_path: str, questions: Sequence[dict], out_json: st
 def run(base_model: str, out_dir: str, questions: Sequence[dict] = (), index=None, corpus: Optional[str] = None,
         trajectories: Sequence[dict] = (), topk: int = 5, heldout_frac: float = 0.1, eval_questions: int = 100,
         eval_temperature: float = 0.8, eval_max_tokens: int = 200, eval_engine: str = "hf",
-        labeller: Labeller = answer_in_docs_label,
-        answer_first: bool = True,
-        answer_aware: bool = True, hop_aware: bool = False, seed: int = 0, log: Callable[[str], None] = print,
+        labeller: Labeller = answer_in_docs_label, answer_first: bool = True, answer_aware: bool = True,
+        hop_aware: bool = False, seed: int = 0, log: Callable[[str], None] = print,
         **train_kw) -> dict:
     """Collect pairs -> label/balance -> write the set -> SFT -> evaluate on held-out questions."""
     if index is None and corpus and questions:
@@ -241,8 +240,7 @@ def run(base_model: str, out_dir: str, questions: Sequence[dict] = (), index=Non
     if held_q:
         ev = evaluate_and_report(model_dir, held_q[:eval_questions], os.path.join(out_dir, "eval.json"), k=topk,
                                  temperature=eval_temperature, max_new_tokens=eval_max_tokens, engine=eval_engine,
-                                 seed=seed,
-                                 threads=train_kw.get("threads", 2), log=log)
+                                 seed=seed, threads=train_kw.get("threads", 2), log=log)
         result.update({f"eval_{k}": v for k, v in ev.items() if k not in ("examples", "by_source")})
         for src, m in ev["by_source"].items():
             result.update({f"eval_{src}_{k}": v for k, v in m.items() if k != "n"})
