@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install zs-ray into ./.venv on a fresh CPU machine (the settings it relies on: docs/local_machine.md).
-# Idempotent: a second run only checks. Usage: bash scripts/install.sh [extras, default "cpu,dev"]
+# Idempotent: a second run only checks. Usage: bash scripts/install.sh [extras, default "cpu,dev,bench"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${1:-cpu,dev}"
+EXTRAS="${1:-cpu,dev,bench}"
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
