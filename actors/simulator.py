@@ -88,6 +88,7 @@ class SimulatorServer:
         try:
             gens = await asyncio.gather(*[self.engine.generate(
                 ids, max_tokens=params["max_tokens"], temperature=params["temperature"], top_p=params["top_p"],
+                repetition_penalty=params["repetition_penalty"],
                 stop=stop, seed=None if seed is None else int(seed) + i, logprobs=want_lp) for i in range(n)])
         finally:
             self.in_flight -= n
@@ -110,7 +111,7 @@ class SimulatorServer:
         return dict(temperature=float(self.cfg["temperature"] if temperature is None else temperature),
                     top_p=float(self.cfg["top_p"] if top_p is None else top_p),
                     max_tokens=max(1, min(mt, room)), n=int(n), stop=list(stop or []), seed=seed,
-                    logprobs=bool(logprobs))
+                    logprobs=bool(logprobs), repetition_penalty=float(self.cfg["repetition_penalty"]))
 
     # ------------------------------------------------------------- simulator API -------------------
 

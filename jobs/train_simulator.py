@@ -69,7 +69,8 @@ def main(cfg) -> dict:
     result = run(base, sft.output_dir, questions=questions, index=index, trajectories=trajectories,
                  topk=sft.topk, heldout_frac=sft.heldout_frac, eval_questions=sft.eval_questions,
                  eval_temperature=sft.eval_temperature, eval_max_tokens=sft.eval_max_tokens,
-                 eval_engine=sft.eval_engine, answer_first=sft.answer_first, answer_aware=sft.answer_aware,
+                 eval_engine=sft.eval_engine, eval_repetition_penalty=float(search.get("repetition_penalty", 1.0)),
+                 answer_first=sft.answer_first, answer_aware=sft.answer_aware,
                  hop_aware=sft.hop_aware, seed=sft.seed, steps=sft.steps, batch_size=sft.batch_size,
                  lr=sft.lr, weight_decay=sft.weight_decay, warmup_steps=sft.warmup_steps, grad_clip=sft.grad_clip,
                  max_doc_words=sft.max_doc_words, answer_weight=sft.answer_weight, threads=sft.threads,
@@ -118,7 +119,8 @@ def evaluate(args: list[str]) -> dict:
     out = ns.out or os.path.join(sft.output_dir, f"eval_{ns.mode}.json")
     ev = evaluate_and_report(model, held[: sft.eval_questions], out, mode=ns.mode, k=sft.topk,
                              temperature=sft.eval_temperature, max_new_tokens=sft.eval_max_tokens,
-                             engine=sft.eval_engine, seed=sft.seed, threads=sft.threads)
+                             engine=sft.eval_engine, seed=sft.seed, threads=sft.threads,
+                             repetition_penalty=float((c.get("search") or {}).get("repetition_penalty", 1.0)))
     print(f"wrote {out}")
     return ev
 

@@ -202,3 +202,17 @@ def test_the_step_clock_runs_only_during_a_step_and_tells_a_hung_one(engines):
         clock.check(None), clock.check(10.0)  # no limit / within it
         with pytest.raises(RuntimeError, match=r"replica 7 is hung: one step has run .*stall_timeout_s = 0.01 s"):
             clock.check(0.01, "replica 7")
+
+
+def test_repetition_penalty_reaches_both_engines_and_they_agree(engines):
+    """search.repetition_penalty (the simulator's sampling) is applied by both engines, by the same rule."""
+    vl, hf = engines
+    ids = [vl.tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS]
+    plain = gen_all(vl, ids, max_tokens=32, temperature=0.0)
+    a = gen_all(vl, ids, max_tokens=32, temperature=0.0, repetition_penalty=3.0)
+    b = gen_all(hf, ids, max_tokens=32, temperature=0.0, repetition_penalty=3.0)
+    assert [x.token_ids for x in a] != [x.token_ids for x in plain]
+    for x, y in zip(a, b):
+        assert x.token_ids == y.token_ids
+    repeats = lambda gs: sum(len(g.token_ids) - len(set(g.token_ids)) for g in gs)  # noqa: E731
+    assert repeats(a) < repeats(plain)

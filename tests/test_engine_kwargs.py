@@ -107,3 +107,17 @@ def test_evaluation_engine_gets_the_same_settings(custom_code_model):
     with pytest.raises(ValueError, match="trust_remote_code"):
         build_engine(load_config(None, [f"model.policy_path={custom_code_model}", "search.simulator_model=sim",
                                         "rollout.engine=hf"]))
+
+
+def test_the_simulators_sampling_settings_come_from_the_search_section():
+    """search.temperature / top_p / max_tokens / repetition_penalty reach every simulator request's sampling (the
+    Serve deployment's `_params`; its engine is not started here)."""
+    from actors.simulator import SimulatorServer
+
+    cfg = load_config(None, REQ + ["search.temperature=0.6", "search.top_p=0.9", "search.max_tokens=77",
+                                   "search.repetition_penalty=1.3", "search.max_model_len=512"])
+    server = object.__new__(SimulatorServer.func_or_class)
+    server.cfg = {**dict(cfg.search)}
+    p = server._params(n_prompt=100)
+    assert (p["temperature"], p["top_p"], p["max_tokens"], p["repetition_penalty"]) == (0.6, 0.9, 77, 1.3)
+    assert server._params(n_prompt=500)["max_tokens"] == 12  # what max_model_len leaves

@@ -52,6 +52,7 @@ class SearchConfig:
     simulator_model: Optional[str] = None  # HF path of the simulation LLM (simulate_*)
     temperature: float = 0.8
     top_p: float = 1.0
+    repetition_penalty: float = 1.0  # the simulator's sampling; > 1 holds a small simulator out of repetition loops
     topk: int = 5
     max_tokens: int = 600
     corpus: Optional[str] = None  # {id, contents} jsonl for bm25

@@ -174,9 +174,9 @@ class VLLMEngine(_SerialEngine):
 
         done, futs = [], self._futs
         while self._pending:  # add_request and step() happen on this one thread
-            fut, (ids, max_tokens, temperature, top_p, stop, seed, want_lp) = self._pending.popleft()
+            fut, (ids, max_tokens, temperature, top_p, stop, seed, want_lp, rep) = self._pending.popleft()
             rid = str(next(self._ids))
-            params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+            params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, repetition_penalty=rep,
                                     stop=stop or None, include_stop_str_in_output=True, seed=seed,
                                     logprobs=0 if want_lp else None, output_kind=RequestOutputKind.FINAL_ONLY)
             try:
@@ -202,9 +202,12 @@ class VLLMEngine(_SerialEngine):
 
     async def generate(self, prompt_ids: list[int], *, max_tokens: int, temperature: float, top_p: float = 1.0,
                        stop: Optional[list[str]] = None, seed: Optional[int] = None,
-                       logprobs: bool = True) -> Generation:
+                       logprobs: bool = True, repetition_penalty: float = 1.0) -> Generation:
+        """repetition_penalty > 1 lowers the logits of tokens already in the prompt or the output (vLLM's and
+        HF's rule): for the simulator, whose small models loop; a policy's rollouts keep 1.0, since the trainer's
+        log-probs are of the unpenalised distribution."""
         return await self._submit((prompt_ids, max_tokens, temperature, top_p if temperature > 0 else 1.0,
-                                   list(stop or []), seed, bool(logprobs)))
+                                   list(stop or []), seed, bool(logprobs), float(repetition_penalty)))
 
     def load_weights(self, state_dict, version: int, subset: bool = False) -> float:
         """In-place reload between engine steps; returns seconds. `state_dict` is a state dict (object store)
@@ -296,14 +299,14 @@ class HFEngine(_SerialEngine):
         self.startup_s = time.perf_counter() - t
 
     async def generate(self, prompt_ids, *, max_tokens, temperature, top_p=1.0, stop=None, seed=None,
-                       logprobs=True):
+                       logprobs=True, repetition_penalty=1.0):
         return await self._submit((list(prompt_ids), max_tokens, temperature, top_p, tuple(stop or []), seed,
-                                   bool(logprobs)))
+                                   bool(logprobs), float(repetition_penalty)))
 
     def _step(self):
         # One batch per step: requests with the same sampling settings (max_tokens may differ per row).
         first = self._pending.popleft()
-        key = lambda r: (r[1][2], r[1][3], r[1][4])  # noqa: E731  (temperature, top_p, stop)
+        key = lambda r: (r[1][2], r[1][3], r[1][4], r[1][7])  # noqa: E731  (temperature, top_p, stop, penalty)
         batch, rest = [first], deque()
         while self._pending:
             item = self._pending.popleft()
@@ -322,7 +325,7 @@ class HFEngine(_SerialEngine):
     def _generate_batch(self, reqs) -> list[Generation]:
         tok, pad = self.tokenizer, self.tokenizer.pad_token_id
         pad = pad if pad is not None else self.tokenizer.eos_token_id
-        temperature, top_p, stops = reqs[0][2], reqs[0][3], list(reqs[0][4])
+        temperature, top_p, stops, rep = reqs[0][2], reqs[0][3], list(reqs[0][4]), reqs[0][7]
         L = max(len(r[0]) for r in reqs)
         ids = torch.tensor([[pad] * (L - len(r[0])) + r[0] for r in reqs], device=self.device)
         mask = torch.tensor([[0] * (L - len(r[0])) + [1] * len(r[0]) for r in reqs], device=self.device)
@@ -334,7 +337,7 @@ class HFEngine(_SerialEngine):
         out = self.model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=max(max_tokens), do_sample=sample,
             temperature=temperature if sample else None, top_p=top_p if sample else None, top_k=0 if sample else None,
-            stopping_criteria=[crit], pad_token_id=pad, return_dict_in_generate=True, output_logits=True)
+            repetition_penalty=rep if rep != 1.0 else None, stopping_criteria=[crit], pad_token_id=pad, return_dict_in_generate=True, output_logits=True)
         new = out.sequences[:, L:]
         logp = torch.stack(out.logits, 1).float().log_softmax(-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
         eos = self.model.generation_config.eos_token_id

@@ -103,7 +103,7 @@ def train_sft(base_model: str, rows: Sequence[dict], out_dir: str, k: int = 5, s
 
 def generate_docs(model_path: str, requests: Sequence[dict], k: int = 5, temperature: float = 0.8,
                   max_new_tokens: int = 200, batch_size: int = 32, seed: int = 0, threads: int = 2,
-                  mode: str = "simulate_sft", engine: str = "hf") -> list[str]:
+                  mode: str = "simulate_sft", engine: str = "hf", repetition_penalty: float = 1.0) -> list[str]:
     """Raw texts for {query, question, answer, noisy} requests with `mode`'s prompt (simulate_sft: a fine-tuned
     simulator; simulate_prompt: an instruct model). engine "hf": HF generate in left-padded batches; "vllm": the
     vLLM engine that serves the simulator in training (~3x faster for a 135M model on 2 cores; its sampling
@@ -115,7 +115,7 @@ def generate_docs(model_path: str, requests: Sequence[dict], k: int = 5, tempera
     torch.set_num_threads(max(1, threads))
     tok = AutoTokenizer.from_pretrained(model_path)
     if engine == "vllm":
-        return _vllm_docs(model_path, tok, requests, k, temperature, max_new_tokens, seed, mode)
+        return _vllm_docs(model_path, tok, requests, k, temperature, max_new_tokens, seed, mode, repetition_penalty)
     if engine != "hf":
         raise ValueError(f"simulator_sft.eval_engine must be 'hf' or 'vllm', got {engine!r}")
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, use_safetensors=True).eval()
@@ -131,13 +131,14 @@ def generate_docs(model_path: str, requests: Sequence[dict], k: int = 5, tempera
         with torch.no_grad():
             gen = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
                                  do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-                                 top_p=None, top_k=None, pad_token_id=pad, eos_token_id=tok.eos_token_id)
+                                 top_p=None, top_k=None, pad_token_id=pad, eos_token_id=tok.eos_token_id,
+                                 repetition_penalty=repetition_penalty if repetition_penalty != 1.0 else None)
         outs.extend(tok.batch_decode(gen[:, width:], skip_special_tokens=True))
     return outs
 
 
 def _vllm_docs(model_path: str, tok, requests: Sequence[dict], k: int, temperature: float, max_new_tokens: int,
-               seed: int, mode: str) -> list[str]:
+               seed: int, mode: str, repetition_penalty: float = 1.0) -> list[str]:
     """The requests on one vLLM engine at once (continuous batching), request i seeded seed + i; the engine
     stops at `Doc {k+1}:` as the Serve simulator does (actors/simulator.py)."""
     import asyncio
@@ -152,7 +153,8 @@ def _vllm_docs(model_path: str, tok, requests: Sequence[dict], k: int, temperatu
 
     async def run():
         return await asyncio.gather(*[eng.generate(p, max_tokens=max_new_tokens, temperature=temperature, top_p=1.0,
-                                                   stop=[f"Doc {k + 1}:"], seed=seed + i, logprobs=False)
+                                                   stop=[f"Doc {k + 1}:"], seed=seed + i, logprobs=False,
+                                                   repetition_penalty=repetition_penalty)
                                       for i, p in enumerate(prompts)])
     gens = asyncio.run(run())
     del eng  # its KV cache goes before the caller's next stage
@@ -162,7 +164,7 @@ def _vllm_docs(model_path: str, tok, requests: Sequence[dict], k: int, temperatu
 
 def evaluate_simulator(model_path: str, questions: Sequence[dict], k: int = 5, temperature: float = 0.8,
                        max_new_tokens: int = 200, seed: int = 0, threads: int = 2, mode: str = "simulate_sft",
-                       engine: str = "hf") -> dict:
+                       engine: str = "hf", repetition_penalty: float = 1.0) -> dict:
     """For each held-out {query?, question, golden_answers}: one useful and one noisy generation.
     useful_hit = fraction of useful generations containing a gold answer (want high);
     noisy_hit = the same for noisy generations (want low); well_formed = fraction with k parsed docs.
@@ -177,7 +179,7 @@ def evaluate_simulator(model_path: str, questions: Sequence[dict], k: int = 5, t
             reqs.append(dict(query=str(row.get("query") or row["question"]), question=str(row["question"]),
                              answer=golds[0], golds=golds, noisy=noisy, source=str(row.get("data_source") or "")))
     texts = generate_docs(model_path, reqs, k, temperature, max_new_tokens, seed=seed, threads=threads, mode=mode,
-                          engine=engine)
+                          engine=engine, repetition_penalty=repetition_penalty)
     outcomes = []  # (source, noisy, hit, stated) per generation
     formed = []
     for r, t in zip(reqs, texts):
@@ -202,13 +204,15 @@ def evaluate_and_report(model_path: str, questions: Sequence[dict], out_json: st
                         log: Callable[[str], None] = print, **kw) -> dict:
     """`evaluate_simulator`, one summary line, and the full result (with example generations) in `out_json`."""
     ev = evaluate_simulator(model_path, questions, mode=mode, **kw)
-    log(f"simulator eval ({mode}, {model_path}) on {ev['n']} held-out questions: useful contain the answer "
+    rep = kw.get("repetition_penalty", 1.0)
+    log(f"simulator eval ({mode}, {model_path}{f', repetition penalty {rep}' if rep != 1.0 else ''}) on {ev['n']} "
+        f"held-out questions: useful contain the answer "
         f"{ev['useful_hit']:.1%}, noisy contain it {ev['noisy_hit']:.1%}, well-formed {ev['well_formed']:.1%}"
         + "".join(f"; {src} ({m['n']}): useful {m['useful_hit']:.1%} (stating it about the query "
                   f"{m['useful_stated']:.1%}), noisy {m['noisy_hit']:.1%}" for src, m in ev["by_source"].items()))
     os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
     with open(out_json, "w") as f:
-        json.dump({"mode": mode, "model": model_path, **ev}, f, indent=1)
+        json.dump({"mode": mode, "model": model_path, "repetition_penalty": rep, **ev}, f, indent=1)
     return ev
 
 
@@ -217,6 +221,7 @@ def evaluate_and_report(model_path: str, questions: Sequence[dict], out_json: st
 def run(base_model: str, out_dir: str, questions: Sequence[dict] = (), index=None, corpus: Optional[str] = None,
         trajectories: Sequence[dict] = (), topk: int = 5, heldout_frac: float = 0.1, eval_questions: int = 100,
         eval_temperature: float = 0.8, eval_max_tokens: int = 200, eval_engine: str = "hf",
+        eval_repetition_penalty: float = 1.0,
         labeller: Labeller = answer_in_docs_label, answer_first: bool = True, answer_aware: bool = True,
         hop_aware: bool = False, seed: int = 0, log: Callable[[str], None] = print,
         **train_kw) -> dict:
@@ -240,6 +245,7 @@ def run(base_model: str, out_dir: str, questions: Sequence[dict] = (), index=Non
     if held_q:
         ev = evaluate_and_report(model_dir, held_q[:eval_questions], os.path.join(out_dir, "eval.json"), k=topk,
                                  temperature=eval_temperature, max_new_tokens=eval_max_tokens, engine=eval_engine,
+                                 repetition_penalty=eval_repetition_penalty,
                                  seed=seed, threads=train_kw.get("threads", 2), log=log)
         result.update({f"eval_{k}": v for k, v in ev.items() if k not in ("examples", "by_source")})
         for src, m in ev["by_source"].items():
