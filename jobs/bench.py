@@ -30,6 +30,8 @@ def peer_main(argv):
     p.add_argument("--config", default="configs/real_smollm2.yaml", help="both sides' settings (default %(default)s)")
     p.add_argument("--steps", type=int, default=20, help="training steps per side (default %(default)s)")
     p.add_argument("--eval-rows", type=int, default=100, help="held-out questions for the final evaluation")
+    p.add_argument("--format-steps", type=int, default=30, help="SFT steps on the answer tags before both sides "
+                   "start (0: start from model.policy_path as it is; default %(default)s)")
     p.add_argument("--work", default="runs/bench/peer", help="work dir (default %(default)s)")
     p.add_argument("--out", default="BENCHMARKS.md", help="markdown file whose `peer` section is rewritten")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value (both sides)")
@@ -44,9 +46,10 @@ def peer_main(argv):
     from zs_ray.bench.peer import compare, markdown
     from zs_ray.bench.report import machine, write_section
 
-    res = compare(a.config, a.overrides, steps=a.steps, eval_rows=a.eval_rows, work=a.work)
+    res = compare(a.config, a.overrides, steps=a.steps, eval_rows=a.eval_rows, work=a.work,
+                  format_steps=a.format_steps)
     command = " ".join(["zs-ray bench peer", f"--config {a.config}", f"--steps {a.steps}",
-                        f"--eval-rows {a.eval_rows}", *a.overrides])
+                        f"--eval-rows {a.eval_rows}", f"--format-steps {a.format_steps}", *a.overrides])
     md = markdown(res, machine(), command)
     with open(os.path.join(a.work, "result.json"), "w") as f:
         json.dump(res, f, indent=1)

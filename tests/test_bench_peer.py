@@ -41,7 +41,7 @@ def test_trl_and_zs_ray_side_by_side_on_the_same_task(tiny_config):
     work, md_path = root / "work", root / "B.md"
     md_path.write_text("# Benchmarks\n\nkept as it is\n")
     r = subprocess.run([sys.executable, "-m", "zs_ray.cli", "bench", "peer", "--config", config, "--steps", "3",
-                        "--eval-rows", "4", "--work", str(work), "--out", str(md_path)],
+                        "--eval-rows", "4", "--format-steps", "2", "--work", str(work), "--out", str(md_path)],
                        cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.load(open(work / "result.json"))
@@ -50,6 +50,10 @@ def test_trl_and_zs_ray_side_by_side_on_the_same_task(tiny_config):
 
     questions = [row["question"] for row in load_rows(str(work / "train.parquet"))]
     assert len(questions) == 3 * 2  # steps x prompts_per_step, each asked once
+    start = str(work / "format_start")  # both sides start from the format start, which the task never saw
+    assert res["start"] == start and os.path.exists(os.path.join(start, "model.safetensors"))
+    assert res["settings"]["trl"]["model"] == start and f"model.policy_path={start}" in res["overrides"]
+    assert res["start_eval"]["n"] == 4
     for side in ("zs", "trl"):
         steps = res[side]["steps"]
         assert len(steps) == 3, side

@@ -37,9 +37,10 @@ LAST_STEPS = 5  # "reward after N steps": the mean training reward of the last L
 
 
 # ------------------------------------------------------------------ the task and the settings
-def task_files(cfg, steps: int, eval_rows: int, work: str) -> tuple[str, str]:
+def task_files(cfg, steps: int, eval_rows: int, work: str, format_rows: int = 0) -> tuple[str, str, list[dict]]:
     """train.parquet: the first steps x prompts_per_step training rows (seeded shuffle of data.train_files);
-    test.parquet: up to eval_rows test rows, spread over the test sources. Prompts are the direct template's."""
+    test.parquet: up to eval_rows test rows (seeded shuffle of data.test_files). Prompts are the direct template's.
+    Also returns `format_rows` further training rows (none of the task's) for `format_start`."""
     import random
 
     from zs_ray.data.qa import load_dataset_files, write_searchr1_parquet
@@ -47,9 +48,9 @@ def task_files(cfg, steps: int, eval_rows: int, work: str) -> tuple[str, str]:
 
     n = steps * int(cfg.trainer.prompts_per_step)
     rows = load_dataset_files(list(cfg.data.train_files))
-    if len(rows) < n:
-        raise ValueError(f"bench peer: {steps} steps x {cfg.trainer.prompts_per_step} prompts need {n} training rows; "
-                         f"data.train_files has {len(rows)}")
+    if len(rows) < n + format_rows:
+        raise ValueError(f"bench peer: {steps} steps x {cfg.trainer.prompts_per_step} prompts and {format_rows} format "
+                         f"demonstrations need {n + format_rows} training rows; data.train_files has {len(rows)}")
     random.Random(int(cfg.trainer.seed)).shuffle(rows)
     test = load_dataset_files(list(cfg.data.test_files))
     random.Random(int(cfg.trainer.seed) + 1).shuffle(test)
@@ -57,7 +58,32 @@ def task_files(cfg, steps: int, eval_rows: int, work: str) -> tuple[str, str]:
     paths = os.path.join(work, "train.parquet"), os.path.join(work, "test.parquet")
     write_searchr1_parquet([baseline_row(r, "direct") for r in rows[:n]], paths[0])
     write_searchr1_parquet(test[:eval_rows], paths[1])
-    return paths
+    return paths[0], paths[1], [baseline_row(r, "direct") for r in rows[n:n + format_rows]]
+
+
+def format_start(cfg, rows: list[dict], out: str, steps: int, batch_size: int = 4, lr: float = 1e-4,
+                 log=print) -> str:
+    """The starting policy of both sides: model.policy_path after `steps` SFT steps on `<answer> gold </answer>`
+    for questions outside the task (an instruct model asked for the tags answers in prose, every reward is 0 and
+    no group has a gradient on either side); only model.trainable_layers learn, as in RL. Returns its folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from zs_ray.core.layers import freeze_lower_layers
+    from zs_ray.data.qa import golds_of
+    from zs_ray.sft.sft import encode_chat_example, sft_train
+
+    tok = AutoTokenizer.from_pretrained(cfg.model.policy_path)
+    examples = [encode_chat_example(tok, r["prompt"][0]["content"], f"<answer> {golds_of(r)[0]} </answer>")
+                for r in rows]
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.policy_path, dtype=torch.float32, use_safetensors=True)
+    freeze_lower_layers(model, cfg.model.trainable_layers)
+    res = sft_train(model, examples, tokenizer=tok, steps=steps, lr=lr, batch_size=batch_size, warmup=2,
+                    seed=int(cfg.trainer.seed), threads=int(cfg.resources.threads_per_actor), out_dir=out,
+                    progress=log, label="peer format start", log_every=10)
+    log(f"[bench peer] format start: {steps} steps x {batch_size}, final loss {res.get('final_loss', float('nan')):.3f}"
+        f" -> {out}")
+    return out
 
 
 def trl_settings(cfg, steps: int, train_file: str, out: str) -> dict:
@@ -232,19 +258,26 @@ def side_figures(res: dict) -> dict:
 
 
 def compare(config: str, overrides=(), steps: int = 20, eval_rows: int = 100, work: Optional[str] = None,
-            log=print) -> dict:
-    """Both sides, then both evaluations; returns {"zs", "trl", "settings", "command"} (zs_ray/bench/report.py
-    `peer_markdown` renders it)."""
+            format_steps: int = 30, log=print) -> dict:
+    """The format start (format_steps > 0), both sides, then both evaluations; returns what `markdown` renders."""
     from zs_ray.config import load_config, to_dict
 
     work = os.path.abspath(work or os.path.join("runs", "bench", "peer"))
     base = load_config(config, list(overrides))
-    train_file, test_file = task_files(base, steps, eval_rows, work)
+    train_file, test_file, fmt_rows = task_files(base, steps, eval_rows, work, format_rows=format_steps * 4)
+    model = base.model.policy_path
+    if format_steps > 0:
+        start = format_start(base, fmt_rows, os.path.join(work, "format_start"), format_steps, log=log)
+        overrides = [*overrides, f"model.policy_path={start}"]
+        base = load_config(config, list(overrides))
     zs_over = [*overrides, *zs_overrides(train_file, steps, os.path.join(work, "zs"))]
     trl_spec = trl_settings(base, steps, train_file, os.path.join(work, "trl"))
     zs_cfg = load_config(config, zs_over)
     out = {"settings": {"trl": trl_spec, "zs": {k: to_dict(getattr(zs_cfg, k)) for k in ("rollout", "algorithm")}},
-           "config": config, "overrides": list(overrides), "steps": steps, "eval_rows": eval_rows}
+           "config": config, "overrides": list(overrides), "steps": steps, "eval_rows": eval_rows,
+           "format_steps": format_steps, "model": model, "start": base.model.policy_path}
+    out["start_eval"] = _evaluate(config, list(overrides), base.model.policy_path, test_file,
+                                  os.path.join(work, "eval_start"), log)
     for side, spec in (("zs", {"config": config, "overrides": zs_over}), ("trl", trl_spec)):
         res = _child(side, spec, work, log)
         res["figures"] = side_figures(res)
@@ -272,7 +305,8 @@ def rows(res: dict) -> list:
             zf["reward_last"] / tf["reward_last"] if tf["reward_last"] else None, "",
             "", f"first {LAST_STEPS} steps: {zf['reward_first']:.3f} vs {tf['reward_first']:.3f}"),
         Row(f"peer 4. held-out F1 after {n} steps", ze["f1"], te["f1"], ze["f1"] / te["f1"] if te["f1"] else None, "",
-            "", f"greedy, `zs-ray eval --mode direct`, {res['eval_rows']} test questions; EM {ze['em']:.3f} vs "
+            "", f"greedy, `zs-ray eval --mode direct`, {res['eval_rows']} test questions (the starting policy: F1 "
+                f"{res['start_eval']['f1']:.3f}, EM {res['start_eval']['em']:.3f}); EM {ze['em']:.3f} vs "
                 f"{te['em']:.3f}, answered {ze['answered']:.2f} vs {te['answered']:.2f}"),
     ]
 
@@ -288,7 +322,10 @@ def markdown(res: dict, info: dict, command: str) -> str:
                           "micro_batch_size", "filter_groups")}}
     return (f"### `{command}` — {info['date']}\n\n"
             f"Machine: {info['cpu']}, {info['cores']} cores, {info['ram_gib']} GiB RAM, GPU: {info['gpu']}. Model "
-            f"`{res['settings']['trl']['model']}` (trainable layers: {res['settings']['trl']['trainable_layers']}), {res['steps']} steps x "
+            f"`{res['model']}` (trainable layers: {res['settings']['trl']['trainable_layers']}"
+            + (f"; both sides start from it after {res['format_steps']} SFT steps x 4 on `<answer> gold </answer>` for "
+               "other training questions, so that rewards are not all 0" if res["format_steps"] else "")
+            + f"), {res['steps']} steps x "
             f"{res['settings']['trl']['prompts_per_step']} prompts x {res['settings']['trl']['num_generations']} "
             f"samples, the same questions in the same order, one side after the other. ours = zs-ray, baseline = TRL "
             f"{t['version']} `GRPOTrainer`. Total wall: zs-ray {res['zs']['total_s']:.0f} s, TRL {t['total_s']:.0f} s "
