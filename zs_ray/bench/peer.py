@@ -147,7 +147,7 @@ def run_trl(s: dict) -> dict:
     from zs_ray.data.qa import golds_of, load_rows
 
     tok = AutoTokenizer.from_pretrained(s["model"])
-    model = AutoModelForCausalLM.from_pretrained(s["model"], dtype=getattr(torch, s["dtype"]))
+    model = AutoModelForCausalLM.from_pretrained(s["model"], dtype=getattr(torch, s["dtype"]), use_safetensors=True)
     freeze_lower_layers(model, s["trainable_layers"])
     chat = bool(getattr(tok, "chat_template", None))  # zs-ray's rule (zs_ray.core.rollout.encode_prompt)
     rows = load_rows(s["train_file"])
