@@ -56,9 +56,10 @@ def task_files(cfg, steps: int, eval_rows: int, work: str, format_rows: int = 0)
     random.Random(int(cfg.trainer.seed) + 1).shuffle(test)
     os.makedirs(work, exist_ok=True)
     paths = os.path.join(work, "train.parquet"), os.path.join(work, "test.parquet")
-    write_searchr1_parquet([baseline_row(r, "direct") for r in rows[:n]], paths[0])
+    direct = [baseline_row(r, "direct") for r in rows[:n + format_rows]]
+    write_searchr1_parquet(direct[:n], paths[0])
     write_searchr1_parquet(test[:eval_rows], paths[1])
-    return paths[0], paths[1], [baseline_row(r, "direct") for r in rows[n:n + format_rows]]
+    return paths[0], paths[1], direct[n:]
 
 
 def format_start(cfg, rows: list[dict], out: str, steps: int, batch_size: int = 4, lr: float = 1e-4,
@@ -66,21 +67,14 @@ def format_start(cfg, rows: list[dict], out: str, steps: int, batch_size: int = 
     """The starting policy of both sides: model.policy_path after `steps` SFT steps on `<answer> gold </answer>`
     for questions outside the task (an instruct model asked for the tags answers in prose, every reward is 0 and
     no group has a gradient on either side); only model.trainable_layers learn, as in RL. Returns its folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from zs_ray.core.layers import freeze_lower_layers
     from zs_ray.data.qa import golds_of
-    from zs_ray.sft.sft import encode_chat_example, sft_train
+    from zs_ray.sft.real_warmstart import sft_top_layers
 
-    tok = AutoTokenizer.from_pretrained(cfg.model.policy_path)
-    examples = [encode_chat_example(tok, r["prompt"][0]["content"], f"<answer> {golds_of(r)[0]} </answer>")
-                for r in rows]
-    model = AutoModelForCausalLM.from_pretrained(cfg.model.policy_path, dtype=torch.float32, use_safetensors=True)
-    freeze_lower_layers(model, cfg.model.trainable_layers)
-    res = sft_train(model, examples, tokenizer=tok, steps=steps, lr=lr, batch_size=batch_size, warmup=2,
-                    seed=int(cfg.trainer.seed), threads=int(cfg.resources.threads_per_actor), out_dir=out,
-                    progress=log, label="peer format start", log_every=10)
+    pairs = [(r["prompt"][0]["content"], f"<answer> {golds_of(r)[0]} </answer>") for r in rows]
+    res = sft_top_layers(cfg.model.policy_path, pairs, cfg.model.trainable_layers, out, steps=steps, lr=lr,
+                         batch_size=batch_size, warmup=2, seed=int(cfg.trainer.seed),
+                         threads=int(cfg.resources.threads_per_actor), progress=log, label="peer format start",
+                         log_every=10)
     log(f"[bench peer] format start: {steps} steps x {batch_size}, final loss {res.get('final_loss', float('nan')):.3f}"
         f" -> {out}")
     return out
@@ -208,8 +202,8 @@ def run_trl(s: dict) -> dict:
             "config": {k: v for k, v in args.to_dict().items() if k in TRL_SHOWN}}
 
 
-TRL_SHOWN = ("per_device_train_batch_size", "gradient_accumulation_steps", "steps_per_generation", "num_generations", "max_completion_length",
-             "temperature", "top_p", "learning_rate", "lr_scheduler_type", "weight_decay", "max_grad_norm",
+TRL_SHOWN = ("per_device_train_batch_size", "gradient_accumulation_steps", "steps_per_generation", "num_generations",
+             "max_completion_length", "temperature", "top_p", "learning_rate", "lr_scheduler_type", "weight_decay", "max_grad_norm",
              "epsilon", "beta", "loss_type", "scale_rewards", "num_iterations", "use_vllm", "shuffle_dataset",
              "use_cpu", "bf16", "seed")
 

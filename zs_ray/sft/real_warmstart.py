@@ -54,17 +54,31 @@ def build_demos(rows: list[dict], index, topk: int, n: int, seed: int = 0) -> li
     return out
 
 
-def warm_start(cfg, base: str, out_dir: str, steps: int = 60, batch_size: int = 4, lr: float = 1e-4, seed: int = 0,
-               progress: Callable[[str], None] = print) -> dict:
-    """SFT of `base` on `steps x batch_size` demonstrations from data.train_files with BM25 over search.corpus
-    (top search.topk, passages cut to search.max_doc_words) -> `out_dir`; only model.trainable_layers learn."""
+def sft_top_layers(base: str, pairs: list[tuple[str, str]], trainable_layers: Optional[int], out_dir: str,
+                   **sft_kw) -> dict:
+    """SFT of the model at `base` on (user prompt, response) chat pairs (`<information>` blocks masked) with only
+    its top `trainable_layers` learning, as in RL; saved to `out_dir`. `sft_kw`: zs_ray.sft.sft.sft_train's."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from zs_ray.core.layers import freeze_lower_layers
+    from zs_ray.sft.sft import encode_chat_example, sft_train
+
+    tok = AutoTokenizer.from_pretrained(base)
+    examples = [encode_chat_example(tok, prompt, response) for prompt, response in pairs]
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
+    freeze_lower_layers(model, trainable_layers)
+    result = sft_train(model, examples, tokenizer=tok, out_dir=out_dir, **sft_kw)
+    result.pop("model", None)
+    return result
+
+
+def warm_start(cfg, base: str, out_dir: str, steps: int = 60, batch_size: int = 4, lr: float = 1e-4, seed: int = 0,
+               progress: Callable[[str], None] = print) -> dict:
+    """SFT of `base` on `steps x batch_size` demonstrations from data.train_files with BM25 over search.corpus
+    (top search.topk, passages cut to search.max_doc_words) -> `out_dir`; only model.trainable_layers learn."""
     from zs_ray.core.protocol import make_prompt
     from zs_ray.search.retrieval import BM25Index
-    from zs_ray.sft.sft import encode_chat_example, sft_train
 
     s = cfg.search
     index = BM25Index.from_search_config(s.corpus, s.index_dir, s.max_doc_words)
@@ -72,13 +86,9 @@ def warm_start(cfg, base: str, out_dir: str, steps: int = 60, batch_size: int = 
     demos = build_demos(rows, index, s.topk, steps * batch_size, seed)
     progress(f"[warm-start] {len(demos)} demonstrations from {len(rows)} training questions "
              f"(those whose top-{s.topk} passages hold a gold answer)")
-    tok = AutoTokenizer.from_pretrained(base)
-    examples = [encode_chat_example(tok, d["prompt"] or make_prompt(d["question"]), d["response"]) for d in demos]
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
-    freeze_lower_layers(model, cfg.model.trainable_layers)
-    result = sft_train(model, examples, tokenizer=tok, steps=steps, lr=lr, batch_size=batch_size, warmup=5,
-                       seed=seed, threads=2, out_dir=out_dir, progress=progress, label="warm-start", log_every=10,
-                       max_len=cfg.rollout.max_context_tokens)
-    result.pop("model", None)
+    pairs = [(d["prompt"] or make_prompt(d["question"]), d["response"]) for d in demos]
+    result = sft_top_layers(base, pairs, cfg.model.trainable_layers, out_dir, steps=steps, lr=lr,
+                            batch_size=batch_size, warmup=5, seed=seed, threads=2, progress=progress,
+                            label="warm-start", log_every=10, max_len=cfg.rollout.max_context_tokens)
     return {**result, "demos": len(demos)}
 
